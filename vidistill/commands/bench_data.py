@@ -1,0 +1,32 @@
+"""Benchmark the data layer on this machine: synthetic generation speed (videos/s) and frame-level reader
+throughput stage by stage (bytes, parsing, the full model-ready pipeline), so the slow stage is visible."""
+
+from __future__ import annotations
+
+import os
+
+HELP = "benchmark synthetic generation and the frame-level reader"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, help="directory for the generated data")
+    parser.add_argument("--videos", type=int, default=2000, help="full-length (300-frame) videos to generate")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None, help="synthetic-data processes (default: cores)")
+
+
+def run(args) -> int:
+    from tabulate import tabulate
+
+    from bench.data_throughput import machine, reader_stages
+    from yt8m.synthetic import SynthConfig, write_dataset
+
+    config = SynthConfig(videos=args.videos, heldout=0, classes=100, min_frames=300, max_frames=300, shards=8)
+    os.makedirs(args.out, exist_ok=True)
+    summary = write_dataset(config, args.out, workers=args.workers)
+    rows = [["synthetic generation", summary["videos"], summary["seconds"], summary["videos_per_second"]]]
+    for stage in reader_stages(summary["train"], batch_size=args.batch_size):
+        rows.append([f"reader: {stage.stage}", stage.videos, stage.seconds, stage.videos_per_second])
+    print(f"machine: {machine()}; {args.videos} videos x 300 frames; batch {args.batch_size}")
+    print(tabulate(rows, headers=["stage", "videos", "seconds", "videos/s"], floatfmt=".1f", tablefmt="github"))
+    return 0

@@ -1,0 +1,528 @@
+"""Reading YouTube-8M TFRecords into model-ready tf.data pipelines.
+
+Every record travels with its file and index, so that a bad one is reported by name ("record 17 of
+gs://.../train0093.tfrecord: rgb frame has 1000 bytes, expected 1024"). Files are checked whole: the bytes of
+the records read must add up to the file size, so a truncated or corrupt file is an error naming it, where
+TensorFlow's own DataLossError names only a byte offset. By default bad input raises; pass a `BadRecords`
+to skip bad records instead and count them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE, SEGMENT_FRAMES
+from yt8m.errors import DataError
+from yt8m.quantize import dequantize
+
+_RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
+_MESSAGE_TAG = "yt8m-data-error"
+_SKIP_HINT = "fix or regenerate the file, or pass bad_records=BadRecords() to skip bad records"
+
+
+def list_files(pattern: str) -> list[str]:
+    """Comma-separated globs, local or gs:// (tf.io.gfile) -> sorted file list; DataError if nothing matches."""
+    files: list[str] = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if part:
+            files.extend(sorted(tf.io.gfile.glob(part)))
+    if not files:
+        raise DataError(f"no file matches {pattern!r}: check the path (comma-separate several globs; gs:// works)")
+    return list(dict.fromkeys(files))
+
+
+class BadRecords:
+    """Opt-in skipping: a reader given one skips bad records (printing why) and counts them here."""
+
+    def __init__(self) -> None:
+        self._count = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_records")
+
+    @property
+    def count(self) -> int:
+        return int(self._count.numpy())
+
+    def _add(self, bad: tf.Tensor) -> tf.Tensor:
+        return self._count.assign_add(tf.cast(bad, tf.int64))
+
+    def summary(self) -> str:
+        return f"skipped {self.count} bad record(s)" if self.count else "no bad records"
+
+
+def explain(error: Exception) -> DataError | None:
+    """The DataError behind a TensorFlow error raised while iterating a reader's dataset, if there is one."""
+    match = re.search(rf"{_MESSAGE_TAG}: (.*?)(?:\]|\n|$)", str(error))
+    return DataError(match.group(1).replace("\\'", "'").replace('\\"', '"')) if match else None
+
+
+def _check(valid, message_fn, where, bad_records: BadRecords | None):
+    """Raises (strict mode) or counts and prints (skip mode) when `valid` is False; returns `valid`."""
+    problem = tf.cond(valid, lambda: tf.constant(""), lambda: tf.strings.join([where, ": ", message_fn()]))
+    if bad_records is None:
+        message = tf.strings.join([f"{_MESSAGE_TAG}: ", problem, f"; {_SKIP_HINT}"])
+        with tf.control_dependencies([tf.debugging.Assert(valid, [message])]):
+            return tf.identity(valid)
+    with tf.control_dependencies([bad_records._add(tf.logical_not(valid))]):
+        printed = tf.cond(
+            valid, tf.no_op, lambda: tf.print(tf.strings.join(["skipping ", problem]), output_stream=sys.stderr)
+        )
+    with tf.control_dependencies([printed]):
+        return tf.identity(valid)
+
+
+def _keep_record(keep, index, record):
+    return keep
+
+
+def _file_records(path, size, bad_records: BadRecords | None):
+    """(path, index, record) for each record of one file, then a check that the file was read to its end."""
+    records = tf.data.TFRecordDataset(path).ignore_errors()  # a DataLossError ends the file; checked below
+    end = tf.data.Dataset.from_tensors(tf.constant(b"")).map(lambda r: (r, True))
+    stream = records.map(lambda r: (r, False)).concatenate(end)
+
+    def step(state, element):
+        consumed, count = state
+        record, is_end = element
+        length = tf.cast(tf.strings.length(record), tf.int64) + _RECORD_OVERHEAD
+        next_state = (consumed + tf.where(is_end, tf.constant(0, tf.int64), length), count + 1)
+        return next_state, (count, record, is_end, consumed)
+
+    def check_end(index, record, is_end, consumed):
+        ok = tf.logical_or(tf.logical_not(is_end), tf.equal(consumed, size))
+        message = lambda: tf.strings.format(  # noqa: E731
+            "corrupt or truncated: only its first {} record(s) could be read ({} of {} bytes)", (index, consumed, size)
+        )
+        ok = _check(ok, message, path, bad_records)
+        return tf.logical_and(ok, tf.logical_not(is_end)), index, record
+
+    zero = tf.constant(0, tf.int64)
+    checked = stream.scan((zero, zero), step).map(check_end)
+    return checked.filter(_keep_record).map(lambda keep, index, record: (path, index, record))
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """How records are listed, ordered and repeated (shared by every reader)."""
+
+    pattern: str
+    shuffle: bool = False
+    shuffle_buffer: int = 1024
+    seed: int | None = None
+    deterministic: bool = False
+    num_epochs: int | None = 1
+    num_readers: int = 4
+
+
+def _record_stream(reading: _Reading, bad_records: BadRecords | None) -> tf.data.Dataset:
+    files = list_files(reading.pattern)
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    seed = (reading.seed or 0) if reading.deterministic else reading.seed
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    if reading.shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if reading.num_epochs != 1:
+        ds = ds.repeat(reading.num_epochs)
+    ds = ds.interleave(
+        lambda f, s: _file_records(f, s, bad_records),
+        cycle_length=min(len(files), reading.num_readers),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=reading.deterministic,
+    )
+    if reading.shuffle:
+        ds = ds.shuffle(reading.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def _is_valid(valid, video):
+    return valid
+
+
+def _video_only(valid, video):
+    return video
+
+
+def _record_name(path, index):
+    return tf.strings.join(["record ", tf.strings.as_string(index), " of ", path])
+
+
+def _multi_hot(labels, num_classes: int):
+    return tf.minimum(
+        tf.scatter_nd(labels[:, None], tf.ones_like(labels, tf.float32), [num_classes]), 1.0
+    )
+
+
+def _first_failure(checks):
+    """checks: [(ok, message_fn)] -> (all ok, message function of the first failure)."""
+    oks = tf.stack([ok for ok, _ in checks])
+    first = tf.argmin(tf.cast(oks, tf.int32), output_type=tf.int32)
+
+    def message():
+        branches = {i: fn for i, (_, fn) in enumerate(checks)}
+        return tf.switch_case(first, branches)
+
+    return tf.reduce_all(oks), message
+
+
+def _label_checks(labels, num_classes: int, what: str = "labels"):
+    in_range = tf.reduce_all((labels >= 0) & (labels < num_classes))
+    return (
+        in_range,
+        lambda: tf.strings.format(
+            f"'{what}' holds an id outside [0, {num_classes}): {{}} (set num_classes to the data's vocabulary size)",
+            labels,
+        ),
+    )
+
+
+def _video_id(context, where_has_checks):
+    video_id = tf.where(tf.strings.length(context["id"]) > 0, context["id"], context["video_id"])
+    ok = tf.strings.length(video_id) > 0
+    where_has_checks.append((ok, lambda: tf.constant("has no context feature 'id' (bytes)")))
+    return video_id
+
+
+# ---------------------------------------------------------------------------------------------- frame level
+_FRAME_CONTEXT = {
+    "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "video_id": tf.io.FixedLenFeature([], tf.string, default_value=""),  # the 2017 release's name
+    "labels": tf.io.VarLenFeature(tf.int64),
+}
+_SEGMENT_CONTEXT = {
+    "segment_start_times": tf.io.VarLenFeature(tf.int64),
+    "segment_labels": tf.io.VarLenFeature(tf.int64),
+    "segment_scores": tf.io.VarLenFeature(tf.float32),
+}
+_FRAME_LISTS = {
+    "rgb": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+    "audio": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+}
+
+
+def _frame_byte_checks(frames, size: int, name: str):
+    lengths = tf.strings.length(frames)
+    bad = tf.where(lengths != size)[:, 0]
+    return (
+        tf.size(bad) == 0,
+        lambda: tf.strings.format(
+            f"'{name}' frame {{}} has {{}} bytes, expected {size}", (bad[0], tf.gather(lengths, bad[0]))
+        ),
+    )
+
+
+def _parse_frame_record(path, index, record, *, num_classes, max_frames, segments, bad_records):
+    where = _record_name(path, index)
+    context_spec = {**_FRAME_CONTEXT, **(_SEGMENT_CONTEXT if segments else {})}
+    context, lists = tf.io.parse_single_sequence_example(
+        record, context_spec, _FRAME_LISTS, example_name=where
+    )
+    checks = []
+    video_id = _video_id(context, checks)
+    rgb, audio = lists["rgb"], lists["audio"]
+    total = tf.size(rgb)
+    checks.append(
+        (
+            total > 0,
+            lambda: tf.constant(
+                "has no 'rgb' frames (is it a video-level file? read it with read_video_level_dataset)"
+            ),
+        )
+    )
+    checks.append(
+        (
+            tf.equal(tf.size(audio), total),
+            lambda: tf.strings.format("has {} rgb frames but {} audio frames", (total, tf.size(audio))),
+        )
+    )
+    checks.append(_frame_byte_checks(rgb, RGB_SIZE, "rgb"))
+    checks.append(_frame_byte_checks(audio, AUDIO_SIZE, "audio"))
+    labels = context["labels"].values
+    checks.append(_label_checks(labels, num_classes))
+    num_frames = tf.minimum(total, max_frames)
+    if segments:
+        starts = context["segment_start_times"].values
+        seg_labels = context["segment_labels"].values
+        scores = context["segment_scores"].values
+        same = tf.equal(tf.size(starts), tf.size(seg_labels)) & tf.equal(tf.size(starts), tf.size(scores))
+        checks.append(
+            (
+                tf.size(starts) > 0,
+                lambda: tf.constant("has no segment_start_times: segment mode needs segment-rated (2019) data"),
+            )
+        )
+        checks.append(
+            (
+                same,
+                lambda: tf.strings.format(
+                    "has {} segment_start_times, {} segment_labels, {} segment_scores",
+                    (tf.size(starts), tf.size(seg_labels), tf.size(scores)),
+                ),
+            )
+        )
+        in_video = tf.reduce_all((starts >= 0) & (starts < tf.cast(num_frames, tf.int64)))
+        checks.append(
+            (
+                in_video,
+                lambda: tf.strings.format(
+                    "segment_start_times {} fall outside its {} frames", (starts, num_frames)
+                ),
+            )
+        )
+        checks.append(_label_checks(seg_labels, num_classes, "segment_labels"))
+    all_ok, message = _first_failure(checks)
+    valid = _check(all_ok, message, where, bad_records)
+
+    with tf.control_dependencies([valid]):
+        def decode(frames, size):
+            return dequantize(tf.io.decode_raw(frames[:num_frames], tf.uint8, fixed_length=size))
+
+        matrix = tf.concat([decode(rgb, RGB_SIZE), decode(audio, AUDIO_SIZE)], axis=1)
+    matrix = tf.pad(matrix, [[0, max_frames - num_frames], [0, 0]])  # padding rows are exactly 0.0
+    matrix.set_shape([max_frames, RGB_SIZE + AUDIO_SIZE])
+    video = {
+        "id": video_id,
+        "frames": matrix,
+        "num_frames": tf.cast(num_frames, tf.int32),
+        "labels": _multi_hot(tf.where(valid, labels, tf.zeros_like(labels)), num_classes),
+    }
+    if segments:
+        video["segments"] = (starts, seg_labels, scores)
+    return valid, video
+
+
+def _cut_segments(video, num_classes: int, max_frames: int):
+    """One video -> a dataset of its rated 5-frame segments (one per unique start time)."""
+    starts, seg_labels, scores = video["segments"]
+    unique_starts, which = tf.unique(starts)
+    count = tf.size(unique_starts)
+    padded = tf.pad(video["frames"], [[0, SEGMENT_FRAMES], [0, 0]])
+    offsets = tf.cast(unique_starts, tf.int32)[:, None] + tf.range(SEGMENT_FRAMES)[None, :]
+    frames = tf.gather(padded, offsets)
+    pairs = tf.stack([tf.cast(which, tf.int64), seg_labels], axis=1)
+    labels = tf.scatter_nd(pairs, scores, [tf.cast(count, tf.int64), num_classes])
+    weights = tf.minimum(tf.scatter_nd(pairs, tf.ones_like(scores), [tf.cast(count, tf.int64), num_classes]), 1.0)
+    num_real = tf.clip_by_value(video["num_frames"] - tf.cast(unique_starts, tf.int32), 0, SEGMENT_FRAMES)
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "id": tf.fill([count], video["id"]),
+            "segment_start": tf.cast(unique_starts, tf.int32),
+            "frames": frames,
+            "num_frames": num_real,
+            "labels": tf.minimum(labels, 1.0),
+            "label_weights": weights,
+        }
+    )
+
+
+def read_frame_dataset(
+    pattern: str,
+    *,
+    num_classes: int = NUM_CLASSES,
+    max_frames: int = MAX_FRAMES,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    shuffle_buffer: int = 1024,
+    segment_labels: bool = False,
+    num_epochs: int | None = 1,
+    drop_remainder: bool = False,
+    deterministic: bool = False,
+    seed: int | None = None,
+    num_readers: int = 4,
+    bad_records: BadRecords | None = None,
+) -> tf.data.Dataset:
+    """Frame-level records -> batches of {"id", "frames" [B, max_frames, 1152], "num_frames" [B], "labels" [B, C]}.
+
+    Frames are dequantized like the official starter code; rgb (1024) then audio (128); rows past num_frames
+    are 0.0; videos longer than max_frames are truncated. With `segment_labels=True` (2019 data) each rated
+    5-frame segment is an element: {"id", "segment_start", "frames" [B, 5, 1152], "num_frames" (real frames in
+    the segment), "labels" (segment scores at the rated classes), "label_weights" (1 at rated classes)}.
+    `deterministic=True` gives the same order on every run (seed 0 unless `seed` is given); `num_epochs=None`
+    repeats forever. Bad records raise (naming file and record) unless `bad_records` is given.
+    """
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
+    ds = _record_stream(reading, bad_records)
+    parse = lambda path, index, record: _parse_frame_record(  # noqa: E731
+        path,
+        index,
+        record,
+        num_classes=num_classes,
+        max_frames=max_frames,
+        segments=segment_labels,
+        bad_records=bad_records,
+    )
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.filter(_is_valid).map(_video_only)
+    if segment_labels:
+        ds = ds.flat_map(lambda video: _cut_segments(video, num_classes, max_frames))
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------- video level
+def _length_check(values, size: int, name: str):
+    n = tf.size(values)
+    hint = tf.where(n == 0, " (is it a frame-level file? read it with read_frame_dataset)", "")
+    return (
+        tf.equal(n, size),
+        lambda: tf.strings.join([tf.strings.format(f"'{name}' has {{}} values, expected {size}", n), hint]),
+    )
+
+
+def _fit(values, size: int):
+    """Pads or cuts to a static length (only valid records, which already have it, are kept)."""
+    values = tf.pad(values, [[0, tf.maximum(size - tf.size(values), 0)]])[:size]
+    values.set_shape([size])
+    return values
+
+
+_VIDEO_FEATURES = {
+    "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "video_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "labels": tf.io.VarLenFeature(tf.int64),
+    "mean_rgb": tf.io.VarLenFeature(tf.float32),
+    "mean_audio": tf.io.VarLenFeature(tf.float32),
+}
+
+
+def _parse_video_record(path, index, record, *, num_classes, bad_records):
+    where = _record_name(path, index)
+    parsed = tf.io.parse_single_example(record, _VIDEO_FEATURES, example_names=where)
+    checks = []
+    video_id = _video_id(parsed, checks)
+    features = []
+    for name, size in (("mean_rgb", RGB_SIZE), ("mean_audio", AUDIO_SIZE)):
+        values = parsed[name].values
+        checks.append(_length_check(values, size, name))
+        features.append(_fit(values, size))
+    labels = parsed["labels"].values
+    checks.append(_label_checks(labels, num_classes))
+    all_ok, message = _first_failure(checks)
+    valid = _check(all_ok, message, where, bad_records)
+    with tf.control_dependencies([valid]):
+        vector = tf.concat(features, axis=0)
+    vector.set_shape([RGB_SIZE + AUDIO_SIZE])
+    return valid, {
+        "id": video_id,
+        "features": vector,
+        "labels": _multi_hot(tf.where(valid, labels, tf.zeros_like(labels)), num_classes),
+    }
+
+
+def read_video_level_dataset(
+    pattern: str,
+    *,
+    num_classes: int = NUM_CLASSES,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    shuffle_buffer: int = 1024,
+    num_epochs: int | None = 1,
+    drop_remainder: bool = False,
+    deterministic: bool = False,
+    seed: int | None = None,
+    num_readers: int = 4,
+    bad_records: BadRecords | None = None,
+) -> tf.data.Dataset:
+    """Video-level records -> batches of {"id", "features" [B, 1152] (mean_rgb then mean_audio), "labels" [B, C]}.
+
+    `labels` is optional in the records (test files have none): such videos get an all-zero label row.
+    """
+    reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
+    ds = _record_stream(reading, bad_records)
+    parse = lambda path, index, record: _parse_video_record(  # noqa: E731
+        path, index, record, num_classes=num_classes, bad_records=bad_records
+    )
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.filter(_is_valid).map(_video_only)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------- labels only
+_CONTEXT_ONLY = {
+    "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "video_id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "labels": tf.io.RaggedFeature(tf.int64),
+    "segment_start_times": tf.io.RaggedFeature(tf.int64),
+    "segment_labels": tf.io.RaggedFeature(tf.int64),
+    "segment_scores": tf.io.RaggedFeature(tf.float32),
+}
+
+
+@dataclass
+class GroundTruth:
+    """Labels of every video of a dataset, read from the context alone (no frames decoded)."""
+
+    labels: dict[str, list[int]]  # video id -> label ids, in file order
+    segments: dict[int, dict[str, float]]  # class -> {"vid:start": score} of the rated segments
+
+    def label_matrix(self, ids: list[str], num_classes: int):
+        import numpy as np
+
+        matrix = np.zeros((len(ids), num_classes), np.float32)
+        for row, video in enumerate(ids):
+            matrix[row, self.labels[video]] = 1.0
+        return matrix
+
+
+def read_ground_truth(pattern: str, *, num_classes: int = NUM_CLASSES) -> GroundTruth:
+    """Ids, labels and segment ratings of frame-level or video-level records (a SequenceExample's context has
+    the wire layout of an Example's features, so one parser reads both)."""
+    stream = _record_stream(_Reading(pattern, deterministic=True), None).batch(512)
+    labels: dict[str, list[int]] = {}
+    segments: dict[int, dict[str, float]] = {}
+    for paths, indices, records in stream:
+        parsed = tf.io.parse_example(records, _CONTEXT_ONLY)
+        rows = zip(
+            paths.numpy(),
+            indices.numpy(),
+            parsed["id"].numpy(),
+            parsed["video_id"].numpy(),
+            parsed["labels"].to_list(),
+            parsed["segment_start_times"].to_list(),
+            parsed["segment_labels"].to_list(),
+            parsed["segment_scores"].to_list(),
+        )
+        for path, index, vid, old_vid, video_labels, starts, seg_labels, scores in rows:
+            where = f"record {index} of {path.decode()}"
+            video = (vid or old_vid).decode()
+            if not video:
+                raise DataError(f"{where}: has no context feature 'id' (bytes)")
+            if video in labels:
+                raise DataError(f"{where}: video id {video!r} appears twice; ids must be unique")
+            bad = [c for c in video_labels + seg_labels if not 0 <= c < num_classes]
+            if bad:
+                raise DataError(
+                    f"{where}: label id {bad[0]} is outside [0, {num_classes}) "
+                    "(set num_classes to the data's vocabulary size)"
+                )
+            if not len(starts) == len(seg_labels) == len(scores):
+                raise DataError(
+                    f"{where}: {len(starts)} segment_start_times, {len(seg_labels)} segment_labels, "
+                    f"{len(scores)} segment_scores; they must pair up"
+                )
+            labels[video] = video_labels
+            for start, label, score in zip(starts, seg_labels, scores):
+                segments.setdefault(label, {})[f"{video}:{start}"] = score
+    return GroundTruth(labels, segments)
+
+
+def detect_format(pattern: str) -> str:
+    """"frame" (SequenceExample with rgb/audio feature lists) or "video" (Example with mean_rgb), from the first
+    record of the first file."""
+    first = list_files(pattern)[0]
+    record = next(iter(tf.data.TFRecordDataset(first).take(1)), None)
+    if record is None:
+        raise DataError(f"{first}: holds no record")
+    try:
+        example = tf.train.SequenceExample.FromString(record.numpy())
+    except Exception as e:  # noqa: BLE001 - any protobuf failure means the same to the user
+        raise DataError(f"record 0 of {first}: not a YouTube-8M record ({e})") from None
+    if "mean_rgb" in example.context.feature:
+        return "video"
+    if "rgb" in example.feature_lists.feature_list:
+        return "frame"
+    raise DataError(
+        f"record 0 of {first}: neither frame-level (feature list 'rgb') nor video-level (feature 'mean_rgb')"
+    )
