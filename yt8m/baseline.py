@@ -19,22 +19,24 @@ def mean_features(pattern: str, *, num_classes: int = NUM_CLASSES, batch_size: i
     """(ids, mean features [N, 1152], labels [N, C]) of frame-level or video-level records."""
     import tensorflow as tf
 
-    from yt8m.readers import detect_format, read_frame_dataset, read_video_level_dataset
+    from yt8m.readers import data_errors, detect_format, read_frame_dataset, read_video_level_dataset
 
     if detect_format(pattern) == "video":
         ds = read_video_level_dataset(pattern, num_classes=num_classes, batch_size=batch_size, deterministic=True)
     else:
         ds = read_frame_dataset(pattern, num_classes=num_classes, batch_size=batch_size, deterministic=True)
-    ids, features, labels = [], [], []
-    for batch in ds:
+
+    def summarize(batch):
         if "features" in batch:
-            mean = batch["features"]
-        else:
-            count = tf.cast(batch["num_frames"], tf.float32)[:, None]
-            mean = tf.reduce_sum(batch["frames"], axis=1) / count
-        ids.extend(v.decode() for v in batch["id"].numpy())
-        features.append(mean.numpy())
-        labels.append(batch["labels"].numpy())
+            return batch["id"], batch["features"], batch["labels"]
+        count = tf.cast(batch["num_frames"], tf.float32)[:, None]
+        return batch["id"], tf.reduce_sum(batch["frames"], axis=1) / count, batch["labels"]
+
+    with data_errors():
+        batches = [[t.numpy() for t in batch] for batch in ds.map(summarize)]
+    ids = [v.decode() for batch in batches for v in batch[0]]
+    features = [batch[1] for batch in batches]
+    labels = [batch[2] for batch in batches]
     return ids, np.concatenate(features), np.concatenate(labels)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -54,8 +55,20 @@ class BadRecords:
 
 def explain(error: Exception) -> DataError | None:
     """The DataError behind a TensorFlow error raised while iterating a reader's dataset, if there is one."""
-    match = re.search(rf"{_MESSAGE_TAG}: (.*?)(?:\]|\n|$)", str(error))
+    match = re.search(rf"{_MESSAGE_TAG}: (.*?{re.escape(_SKIP_HINT)})", str(error), flags=re.DOTALL)
     return DataError(match.group(1).replace("\\'", "'").replace('\\"', '"')) if match else None
+
+
+@contextmanager
+def data_errors():
+    """Turns a reader's TensorFlow assertion error, raised while iterating in Python, into its DataError."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        error = explain(e)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _check(valid, message_fn, where, bad_records: BadRecords | None):
@@ -241,6 +254,7 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
     labels = context["labels"].values
     checks.append(_label_checks(labels, num_classes))
     num_frames = tf.minimum(total, max_frames)
+    decodable = tf.minimum(num_frames, tf.size(audio))  # == num_frames in every valid record
     if segments:
         starts = context["segment_start_times"].values
         seg_labels = context["segment_labels"].values
@@ -276,10 +290,10 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
 
     with tf.control_dependencies([valid]):
         def decode(frames, size):
-            return dequantize(tf.io.decode_raw(frames[:num_frames], tf.uint8, fixed_length=size))
+            return dequantize(tf.io.decode_raw(frames[:decodable], tf.uint8, fixed_length=size))
 
         matrix = tf.concat([decode(rgb, RGB_SIZE), decode(audio, AUDIO_SIZE)], axis=1)
-    matrix = tf.pad(matrix, [[0, max_frames - num_frames], [0, 0]])  # padding rows are exactly 0.0
+    matrix = tf.pad(matrix, [[0, max_frames - decodable], [0, 0]])  # padding rows are exactly 0.0
     matrix.set_shape([max_frames, RGB_SIZE + AUDIO_SIZE])
     video = {
         "id": video_id,
@@ -472,11 +486,12 @@ def read_ground_truth(pattern: str, *, num_classes: int = NUM_CLASSES) -> Ground
     stream = _record_stream(_Reading(pattern, deterministic=True), None).batch(512)
     labels: dict[str, list[int]] = {}
     segments: dict[int, dict[str, float]] = {}
-    for paths, indices, records in stream:
-        parsed = tf.io.parse_example(records, _CONTEXT_ONLY)
+    with data_errors():
+        batches = [(p.numpy(), i.numpy(), tf.io.parse_example(r, _CONTEXT_ONLY)) for p, i, r in stream]
+    for paths, indices, parsed in batches:
         rows = zip(
-            paths.numpy(),
-            indices.numpy(),
+            paths,
+            indices,
             parsed["id"].numpy(),
             parsed["video_id"].numpy(),
             parsed["labels"].to_list(),

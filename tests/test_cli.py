@@ -1,0 +1,300 @@
+"""The `vidistill` command line, run in-process: synth -> baseline -> score, segment scoring, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vidistill.cli import COMMANDS, main
+from yt8m.metrics import gap, hit_at_one, mean_average_precision, perr
+
+CLASSES = 6
+VIDEOS = 40  # held out: 40 // 5 = 8
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_one_line_error(err: str, command: str, *fragments: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"vidistill {command}: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Plain synthetic data written by `vidistill synth` (one process)."""
+    out = tmp_path_factory.mktemp("data")
+    code = main(
+        ["synth", "--out", str(out), "--videos", str(VIDEOS), "--classes", str(CLASSES), "--seed", "5",
+         "--min-frames", "30", "--max-frames", "40", "--shards", "2", "--workers", "1"]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def segment_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("segments")
+    code = main(
+        ["synth", "--out", str(out), "--videos", "10", "--heldout", "30", "--classes", str(CLASSES), "--segments",
+         "--min-frames", "30", "--max-frames", "50", "--shards", "1", "--workers", "1"]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictions(data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("baseline") / "preds.csv"
+    code = main(
+        ["baseline", "--train", str(data / "train-*.tfrecord"), "--data", str(data / "validate-*.tfrecord"),
+         "--out", str(path), "--num-classes", str(CLASSES)]
+    )  # fmt: skip
+    assert code == 0
+    return path
+
+
+def test_synth_writes_what_it_says(data):
+    import yaml
+
+    assert sorted(os.listdir(data)) == [
+        "classes.csv", "synth.yaml", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+        "validate-00000-of-00001.tfrecord",
+    ]  # fmt: skip
+    saved = yaml.safe_load((data / "synth.yaml").read_text())["synth"]
+    assert (saved["videos"], saved["heldout"], saved["classes"], saved["seed"]) == (VIDEOS, 8, CLASSES, 5)
+    assert (saved["min_frames"], saved["max_frames"], saved["shards"], saved["segments"]) == (30, 40, 2, False)
+
+
+def test_baseline_then_score(data, predictions, capsys):
+    from yt8m.readers import read_ground_truth
+    from yt8m.submission import read_video_predictions
+
+    validate = str(data / "validate-*.tfrecord")
+    truth = read_ground_truth(validate, num_classes=CLASSES)
+    assert len(truth.labels) == 8
+    ids, scores = read_video_predictions(predictions, num_classes=CLASSES)
+    assert sorted(ids) == sorted(truth.labels) and len(ids) == 8
+    assert np.all((scores > 0) & (scores < 1))  # logistic squashing, all 6 classes listed
+
+    code, out, err = _run(
+        capsys, "score", "--predictions", predictions, "--data", validate, "--num-classes", CLASSES, "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) == {"hit_at_one", "perr", "gap", "map", "num_videos", "videos_without_prediction"}
+    for name in ("hit_at_one", "perr", "gap", "map"):
+        assert 0.0 <= result[name] <= 1.0
+    assert result["num_videos"] == 8 and result["videos_without_prediction"] == 0
+
+    # the same metrics computed directly from the CSV and the records' labels
+    order = list(truth.labels)
+    row = {video: i for i, video in enumerate(ids)}
+    dense = scores[[row[video] for video in order]]
+    labels = truth.label_matrix(order, CLASSES)
+    assert result["hit_at_one"] == hit_at_one(dense, labels)
+    assert result["perr"] == perr(dense, labels)
+    assert result["gap"] == gap(dense, labels)
+    assert result["map"] == mean_average_precision(dense, labels)
+
+    # the table output shows the same numbers
+    code, out, _ = _run(capsys, "score", "--predictions", predictions, "--data", validate, "--num-classes", CLASSES)
+    assert code == 0
+    assert f"{result['gap']:.4f}" in out and "hit_at_one" in out
+
+
+def test_score_counts_missing_predictions(data, predictions, tmp_path, capsys):
+    """A labeled video without a prediction line predicts nothing; the others keep their scores."""
+    lines = predictions.read_text().splitlines()
+    partial = tmp_path / "partial.csv"
+    partial.write_text("\n".join(lines[:-3]) + "\n")
+    code, out, err = _run(
+        capsys, "score", "--predictions", partial, "--data", data / "validate-*.tfrecord", "--num-classes", CLASSES,
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["num_videos"] == 8 and result["videos_without_prediction"] == 3
+
+
+def _segment_truth(segment_data):
+    from yt8m.readers import read_ground_truth
+
+    truth = read_ground_truth(str(segment_data / "validate-*.tfrecord"), num_classes=CLASSES)
+    rated = sorted({(seg, cls, score) for cls, scores in truth.segments.items() for seg, score in scores.items()})
+    return truth, rated
+
+
+def _write_ranking(path, rated, score_of):
+    from yt8m.submission import write_segment_predictions
+
+    ids = sorted({seg for seg, _, _ in rated})
+    index = {seg: i for i, seg in enumerate(ids)}
+    matrix = np.zeros((len(ids), CLASSES), np.float32)
+    for seg, cls, score in rated:
+        matrix[index[seg], cls] = score_of(score)
+    write_segment_predictions(path, ids, matrix)
+
+
+def test_score_segments(segment_data, tmp_path, capsys):
+    truth, rated = _segment_truth(segment_data)
+    assert len(truth.labels) == 30
+    classes_with_positives = {cls for _, cls, score in rated if score > 0}
+    assert len(classes_with_positives) >= 2
+    validate = segment_data / "validate-*.tfrecord"
+
+    perfect = tmp_path / "perfect.csv"
+    _write_ranking(perfect, rated, lambda score: 0.5 + score / 2)  # positives first
+    code, out, err = _run(
+        capsys, "score", "--segments", "--predictions", perfect, "--data", validate, "--num-classes", CLASSES, "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result == {
+        "map": 1.0,
+        "num_classes_scored": len(classes_with_positives),
+        "num_classes_skipped": CLASSES - len(classes_with_positives),
+    }
+
+    reversed_csv = tmp_path / "reversed.csv"
+    _write_ranking(reversed_csv, rated, lambda score: 1.0 - score / 2)  # negatives first
+    code, out, err = _run(
+        capsys, "score", "--segments", "--predictions", reversed_csv, "--data", validate, "--num-classes", CLASSES,
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert 0.0 < result["map"] < 1.0
+    assert result["num_classes_scored"] == len(classes_with_positives)
+
+
+def test_score_segments_needs_segment_data(data, tmp_path, capsys):
+    csv_path = tmp_path / "segments.csv"
+    csv_path.write_text("Class,Segments\n0,t0000000:0\n")
+    code, _, err = _run(
+        capsys, "score", "--segments", "--predictions", csv_path, "--data", data / "validate-*.tfrecord",
+        "--num-classes", CLASSES,
+    )  # fmt: skip
+    assert code == 2
+    _assert_one_line_error(err, "score", "segment ratings")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_synth_refuses_existing_records(tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "train-00000-of-00001.tfrecord").write_bytes(b"old")
+    (out / "validate-00000-of-00001.tfrecord").write_bytes(b"old")
+    argv = ["synth", "--out", out, "--videos", 4, "--classes", 4, "--min-frames", 30, "--max-frames", 30,
+            "--shards", 1, "--workers", 1]  # fmt: skip
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    _assert_one_line_error(err, "synth", str(out), "2 .tfrecord file(s)", "--overwrite")
+    assert (out / "train-00000-of-00001.tfrecord").read_bytes() == b"old"
+    assert sorted(os.listdir(out)) == ["train-00000-of-00001.tfrecord", "validate-00000-of-00001.tfrecord"]
+
+    code, _, err = _run(capsys, *argv, "--overwrite")
+    assert code == 0, err
+    assert (out / "train-00000-of-00001.tfrecord").stat().st_size > 1000
+
+
+def test_synth_bad_option(tmp_path, capsys):
+    code, _, err = _run(capsys, "synth", "--out", tmp_path / "d", "--classes", 1, "--workers", 1)
+    assert code == 2
+    _assert_one_line_error(err, "synth", "classes=1")
+    code, _, err = _run(capsys, "synth", "--out", tmp_path / "d", "--max-frames", 301, "--workers", 1)
+    assert code == 2
+    _assert_one_line_error(err, "synth", "max_frames=301")
+    assert not (tmp_path / "d").exists()
+
+
+def test_score_data_glob_matching_nothing(predictions, tmp_path, capsys):
+    pattern = str(tmp_path / "nothing-*.tfrecord")
+    code, out, err = _run(capsys, "score", "--predictions", predictions, "--data", pattern, "--num-classes", CLASSES)
+    assert code == 2 and out == ""
+    _assert_one_line_error(err, "score", "no file matches", pattern)
+
+
+def test_score_bad_csv_line(data, predictions, tmp_path, capsys):
+    lines = predictions.read_text().splitlines()
+    vid = lines[2].split(",")[0]
+    lines[2] = f"{vid},1 0.5 2"  # line 3: a label without a score
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    code, out, err = _run(
+        capsys, "score", "--predictions", bad, "--data", data / "validate-*.tfrecord", "--num-classes", CLASSES
+    )
+    assert code == 2 and out == ""
+    _assert_one_line_error(err, "score", f"{bad}: line 3:", "odd number")
+
+
+def test_score_label_out_of_range(data, predictions, tmp_path, capsys):
+    lines = predictions.read_text().splitlines()
+    lines[4] = lines[4].split(",")[0] + f",{CLASSES} 0.5"
+    bad = tmp_path / "range.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    code, _, err = _run(
+        capsys, "score", "--predictions", bad, "--data", data / "validate-*.tfrecord", "--num-classes", CLASSES
+    )
+    assert code == 2
+    _assert_one_line_error(err, "score", f"{bad}: line 5:", f"label {CLASSES} out of range")
+
+
+def test_score_unknown_video(data, predictions, tmp_path, capsys):
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text(predictions.read_text() + "zzz_not_a_video,0 0.9\n")
+    code, out, err = _run(
+        capsys, "score", "--predictions", unknown, "--data", data / "validate-*.tfrecord", "--num-classes", CLASSES
+    )
+    assert code == 2 and out == ""
+    _assert_one_line_error(err, "score", str(unknown), "'zzz_not_a_video'", "not in")
+    # training-set predictions scored against the held-out split: every id is unknown
+    train_ids = tmp_path / "train_ids.csv"
+    train_ids.write_text("VideoId,LabelConfidencePairs\nt0000000,0 0.9\n")
+    code, _, err = _run(
+        capsys, "score", "--predictions", train_ids, "--data", data / "validate-*.tfrecord", "--num-classes", CLASSES
+    )
+    assert code == 2
+    _assert_one_line_error(err, "score", "'t0000000'")
+
+
+def test_demo_refuses_non_empty_out(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, stdout, err = _run(capsys, "demo", "--out", out, "--videos", 10, "--classes", 3)
+    assert code == 2 and stdout == ""
+    _assert_one_line_error(err, "demo", str(out), "not empty", "--overwrite")
+    assert sorted(os.listdir(out)) == ["keep.txt"]
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vidistill")
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()}
+    assert set(COMMANDS) <= listed, (sorted(COMMANDS), out)
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: vidistill {name}")
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["no-such-command"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
