@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from yt8m.readers import _FRAME_CONTEXT, _FRAME_LISTS, _Reading, _record_stream, read_frame_dataset
+from yt8m.readers import FRAME_CONTEXT, FRAME_LISTS, read_frame_dataset, record_stream
 
 
 @dataclass
@@ -38,14 +38,12 @@ def _count(ds, videos_of) -> tuple[int, float]:
 
 
 def reader_stages(pattern: str, *, batch_size: int = 64, max_frames: int = 300) -> list[StageResult]:
-    reading = _Reading(pattern, num_readers=4)
-
     def records():
-        return _record_stream(reading, None)
+        return record_stream(pattern, num_readers=4)
 
     def parse():
         def parse_one(path, index, record):
-            _, lists = tf.io.parse_single_sequence_example(record, _FRAME_CONTEXT, _FRAME_LISTS)
+            _, lists = tf.io.parse_single_sequence_example(record, FRAME_CONTEXT, FRAME_LISTS)
             return tf.size(lists["rgb"])
 
         return records().map(parse_one, num_parallel_calls=tf.data.AUTOTUNE)

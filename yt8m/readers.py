@@ -9,6 +9,7 @@ to skip bad records instead and count them.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from contextlib import contextmanager
@@ -129,6 +130,12 @@ class _Reading:
     num_readers: int = 4
 
 
+def record_stream(pattern: str, *, bad_records: BadRecords | None = None, **reading) -> tf.data.Dataset:
+    """(path, index, serialized record) of every record of the files matching `pattern`, each file checked whole.
+    `reading`: shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers (as in read_frame_dataset)."""
+    return _record_stream(_Reading(pattern, **reading), bad_records)
+
+
 def _record_stream(reading: _Reading, bad_records: BadRecords | None) -> tf.data.Dataset:
     files = list_files(reading.pattern)
     sizes = [tf.io.gfile.stat(f).length for f in files]
@@ -155,6 +162,13 @@ def _is_valid(valid, video):
 
 def _video_only(valid, video):
     return video
+
+
+def _valid_videos(reading: _Reading, parse, bad_records: BadRecords | None) -> tf.data.Dataset:
+    """Records parsed in parallel by `parse(path, index, record) -> (valid, video)`, the invalid ones dropped."""
+    ds = _record_stream(reading, bad_records)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=reading.deterministic)
+    return ds.filter(_is_valid).map(_video_only)
 
 
 def _record_name(path, index):
@@ -198,7 +212,7 @@ def _video_id(context, where_has_checks):
 
 
 # ---------------------------------------------------------------------------------------------- frame level
-_FRAME_CONTEXT = {
+FRAME_CONTEXT = {
     "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "video_id": tf.io.FixedLenFeature([], tf.string, default_value=""),  # the 2017 release's name
     "labels": tf.io.VarLenFeature(tf.int64),
@@ -208,7 +222,7 @@ _SEGMENT_CONTEXT = {
     "segment_labels": tf.io.VarLenFeature(tf.int64),
     "segment_scores": tf.io.VarLenFeature(tf.float32),
 }
-_FRAME_LISTS = {
+FRAME_LISTS = {
     "rgb": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
     "audio": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
 }
@@ -227,9 +241,9 @@ def _frame_byte_checks(frames, size: int, name: str):
 
 def _parse_frame_record(path, index, record, *, num_classes, max_frames, segments, bad_records):
     where = _record_name(path, index)
-    context_spec = {**_FRAME_CONTEXT, **(_SEGMENT_CONTEXT if segments else {})}
+    context_spec = {**FRAME_CONTEXT, **(_SEGMENT_CONTEXT if segments else {})}
     context, lists = tf.io.parse_single_sequence_example(
-        record, context_spec, _FRAME_LISTS, example_name=where
+        record, context_spec, FRAME_LISTS, example_name=where
     )
     checks = []
     video_id = _video_id(context, checks)
@@ -358,18 +372,14 @@ def read_frame_dataset(
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
-    ds = _record_stream(reading, bad_records)
-    parse = lambda path, index, record: _parse_frame_record(  # noqa: E731
-        path,
-        index,
-        record,
+    parse = functools.partial(
+        _parse_frame_record,
         num_classes=num_classes,
         max_frames=max_frames,
         segments=segment_labels,
         bad_records=bad_records,
     )
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.filter(_is_valid).map(_video_only)
+    ds = _valid_videos(reading, parse, bad_records)
     if segment_labels:
         ds = ds.flat_map(lambda video: _cut_segments(video, num_classes, max_frames))
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
@@ -444,12 +454,8 @@ def read_video_level_dataset(
     `labels` is optional in the records (test files have none): such videos get an all-zero label row.
     """
     reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
-    ds = _record_stream(reading, bad_records)
-    parse = lambda path, index, record: _parse_video_record(  # noqa: E731
-        path, index, record, num_classes=num_classes, bad_records=bad_records
-    )
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.filter(_is_valid).map(_video_only)
+    parse = functools.partial(_parse_video_record, num_classes=num_classes, bad_records=bad_records)
+    ds = _valid_videos(reading, parse, bad_records)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 

@@ -6,7 +6,7 @@ The generative model (documented in the README):
   Zipf-like: class 0 is the most frequent, like the official vocabulary.
 - A video has 60..300 frames (one per second), a per-video background made of shots (piecewise-constant
   scenes), white noise on every frame, and with some probability an outro (an end screen shared by all videos,
-  carrying no label) over its last 5-15 frames.
+  carrying no label) over its last 5-15 frames (fewer where that would leave under 30 frames of content).
 - It carries 1..4 labels drawn without replacement by class frequency; each label shows up as 1-2 events at
   random places in the content, where the class prototype (scaled by the class strength) is added to the
   frames. A brief event is easy to miss when looking at few frames; an event's position decides whether
@@ -46,7 +46,7 @@ class SynthConfig:
     max_frames: int = MAX_FRAMES
     segments: bool = False
     shards: int = 4  # training shards; the held-out split gets max(1, shards // 4)
-    max_labels: int = 4
+    max_labels: int | None = None  # labels per video at most; default min(4, classes)
     zipf_exponent: float = 1.0
     brief_fraction: float = 0.3  # fraction of classes whose events last only a few frames
     outro_probability: float = 0.5
@@ -58,6 +58,8 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.heldout is None:
             self.heldout = max(1, self.videos // 5)
+        if self.max_labels is None:
+            self.max_labels = min(4, self.classes)
         checks = {
             "videos": self.videos >= 1,
             "heldout": self.heldout >= 0,
