@@ -298,3 +298,24 @@ def test_unknown_command_is_a_usage_error(capsys):
         main(["no-such-command"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_baseline_on_a_truncated_file_fails_or_skips_with_a_count(data, tmp_path, capfd):
+    import shutil
+
+    shard = data / "train-00000-of-00002.tfrecord"
+    broken = tmp_path / "train-broken.tfrecord"
+    shutil.copy(shard, broken)
+    blob = broken.read_bytes()
+    broken.write_bytes(blob[: len(blob) - 500])
+    out = tmp_path / "preds.csv"
+    argv = ["baseline", "--train", broken, "--data", data / "validate-*.tfrecord", "--out", out,
+            "--num-classes", CLASSES]  # fmt: skip
+    code, _, err = _run(capfd, *argv)
+    assert code == 2 and not out.exists()
+    err = "\n".join(line for line in err.splitlines() if line.startswith("vidistill"))  # fd 2 also has TF logs
+    _assert_one_line_error(err, "baseline", str(broken), "corrupt or truncated", "only its first 19 record(s)")
+    code, stdout, err = _run(capfd, *argv, "--skip-bad-records")
+    assert code == 0 and out.exists()
+    assert "fit on 19 videos" in stdout and "skipped 1 bad record(s)" in stdout
+    assert f"skipping {broken}: corrupt or truncated" in err

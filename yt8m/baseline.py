@@ -15,16 +15,19 @@ import numpy as np
 from yt8m.constants import FEATURE_SIZE, NUM_CLASSES
 
 
-def mean_features(pattern: str, *, num_classes: int = NUM_CLASSES, batch_size: int = 64):
-    """(ids, mean features [N, 1152], labels [N, C]) of frame-level or video-level records."""
+def mean_features(pattern: str, *, num_classes: int = NUM_CLASSES, batch_size: int = 64, bad_records=None):
+    """(ids, mean features [N, 1152], labels [N, C]) of frame-level or video-level records.
+
+    `bad_records` (a readers.BadRecords) skips and counts bad records instead of raising."""
     import tensorflow as tf
 
     from yt8m.readers import data_errors, detect_format, read_frame_dataset, read_video_level_dataset
 
     if detect_format(pattern) == "video":
-        ds = read_video_level_dataset(pattern, num_classes=num_classes, batch_size=batch_size, deterministic=True)
+        reader = read_video_level_dataset
     else:
-        ds = read_frame_dataset(pattern, num_classes=num_classes, batch_size=batch_size, deterministic=True)
+        reader = read_frame_dataset
+    ds = reader(pattern, num_classes=num_classes, batch_size=batch_size, deterministic=True, bad_records=bad_records)
 
     def summarize(batch):
         if "features" in batch:

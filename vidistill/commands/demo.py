@@ -32,7 +32,7 @@ def run(args) -> int:
     baseline.run(
         Namespace(
             train=os.path.join(data, "train-*.tfrecord"), data=os.path.join(data, "validate-*.tfrecord"),
-            out=predictions, num_classes=args.classes, l2=0.5,
+            out=predictions, num_classes=args.classes, l2=0.5, skip_bad_records=False,
         )
     )
     print("\nheld-out scores of the linear-probe baseline:")
