@@ -15,6 +15,7 @@ COMMANDS = {
     "synth": "synth",
     "baseline": "baseline",
     "score": "score",
+    "models": "models",
     "demo": "demo",
     "bench-data": "bench_data",
 }

@@ -1,0 +1,195 @@
+"""Typed model configuration: one dataclass per family, serialized to a plain dict / YAML / JSON.
+
+`config_from_dict(config_to_dict(c)) == c`, and rebuilding a model from a saved config gives the same architecture
+and parameter count. `narrow(config, factor)` scales the widths (cells, clusters, hidden sizes) of any family:
+the students that are narrower than their teachers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from yt8m.constants import MAX_FRAMES, NUM_CLASSES
+
+
+@dataclass
+class HeadConfig:
+    """The video-level classifier."""
+
+    kind: str = "moe"  # "moe" (mixture of experts with a dummy expert) or "logistic"
+    mixtures: int = 2  # MoE experts per class
+    probability_gating: bool = False  # WILLOW's gated MoE: p * sigmoid(BN(p W))
+    l2: float = 1e-8  # L2 penalty on the head's weight matrices
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("moe", "logistic"):
+            raise ValueError(f"head kind must be 'moe' or 'logistic', got {self.kind!r}")
+        if self.mixtures < 1:
+            raise ValueError(f"head mixtures must be >= 1, got {self.mixtures}")
+
+
+@dataclass
+class ModelConfig:
+    """What every family has: the classes, the number of input frames, and the head."""
+
+    family: ClassVar[str] = ""
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ()  # scaled by narrow()
+
+    num_classes: int = NUM_CLASSES
+    frames: int = MAX_FRAMES  # input length T: max_frames for a teacher, k for a few-frame student
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.head, dict):
+            self.head = HeadConfig(**self.head)
+        if self.num_classes < 1 or self.frames < 1:
+            raise ValueError(f"{self.family}: num_classes and frames must be >= 1")
+        for name in self.WIDTH_FIELDS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self.family}: {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class HLSTMConfig(ModelConfig):
+    """Hierarchical LSTM (the paper's teacher): chunks of frames -> shared lower LSTM -> upper LSTM over chunks."""
+
+    family: ClassVar[str] = "hlstm"
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("lower_cells", "upper_cells")
+
+    lower_cells: int = 1024
+    lower_layers: int = 2
+    upper_cells: int = 1024
+    upper_layers: int = 2
+    chunks: int = 20  # the frames are cut into this many contiguous chunks (of ceil(frames / chunks) frames)
+    l2_normalize: bool = True  # each 1152-d frame L2-normalized
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.chunks <= self.frames:
+            raise ValueError(f"hlstm: chunks must be in [1, frames={self.frames}], got {self.chunks}")
+
+    @property
+    def chunk_frames(self) -> int:
+        return -(-self.frames // self.chunks)
+
+
+@dataclass
+class RNNConfig(ModelConfig):
+    """Plain stacked LSTM or GRU over the frames; E = the final states of every layer."""
+
+    family: ClassVar[str] = "rnn"
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("cells",)
+
+    cell: str = "lstm"  # "lstm" or "gru"
+    cells: int = 1024
+    layers: int = 2
+    l2_normalize: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cell not in ("lstm", "gru"):
+            raise ValueError(f"rnn: cell must be 'lstm' or 'gru', got {self.cell!r}")
+
+
+@dataclass
+class NetVLADConfig(ModelConfig):
+    """WILLOW's NetVLAD family: two streams (rgb K clusters, audio K/2) pooled, hidden FC, context gating."""
+
+    family: ClassVar[str] = "netvlad"
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("clusters", "hidden")
+
+    pooling: str = "netvlad"  # "netvlad", "netrvlad" (no centres) or "softdbof"
+    clusters: int = 256  # rgb clusters; audio gets clusters // 2
+    hidden: int = 1024
+    context_gating: bool = True
+    input_batch_norm: bool = True
+    sample_frames: int = 0  # > 0: draw this many frames with replacement (training and inference), 0: all
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in ("netvlad", "netrvlad", "softdbof"):
+            raise ValueError(f"netvlad: pooling must be netvlad, netrvlad or softdbof, got {self.pooling!r}")
+        if self.clusters < 2:
+            raise ValueError(f"netvlad: clusters must be >= 2 (audio gets clusters // 2), got {self.clusters}")
+
+
+@dataclass
+class NeXtVLADConfig(ModelConfig):
+    """NeXtVLAD (3rd place 2018): expansion, grouped attention, clusters, SE context gating."""
+
+    family: ClassVar[str] = "nextvlad"
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("clusters", "hidden")
+
+    expansion: int = 2
+    groups: int = 8  # rgb groups; audio gets groups // 2
+    clusters: int = 128  # rgb clusters; audio gets clusters // 2
+    hidden: int = 2048
+    se_reduction: int = 8
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for stream, size in (("rgb", 1024), ("audio", 128)):
+            groups = self.groups if stream == "rgb" else max(1, self.groups // 2)
+            if (self.expansion * size) % groups:
+                raise ValueError(f"nextvlad: expansion * {size} must divide into {groups} groups ({stream})")
+        if self.clusters < 2 or self.hidden < self.se_reduction:
+            raise ValueError("nextvlad: clusters must be >= 2 and hidden >= se_reduction")
+
+
+CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
+    cls.family: cls for cls in (HLSTMConfig, RNNConfig, NetVLADConfig, NeXtVLADConfig)
+}
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    return {"family": config.family, **dataclasses.asdict(config)}
+
+
+def config_from_dict(data: dict) -> ModelConfig:
+    data = dict(data)
+    family = data.pop("family", None)
+    if family not in CONFIG_CLASSES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(CONFIG_CLASSES)}")
+    cls = CONFIG_CLASSES[family]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{family}: unknown option(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
+def save_config(config: ModelConfig, path: str) -> None:
+    """YAML for .yaml/.yml, else JSON."""
+    data = config_to_dict(config)
+    with open(path, "w") as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            yaml.safe_dump(data, f, sort_keys=False)
+        else:
+            json.dump(data, f, indent=2)
+
+
+def load_config(path: str) -> ModelConfig:
+    with open(path) as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(f)
+        else:
+            data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with a 'family' key")
+    return config_from_dict(data.get("model", data))
+
+
+def narrow(config: ModelConfig, factor: float) -> ModelConfig:
+    """The same family with every width field scaled by `factor` (rounded, at least 2)."""
+    if factor <= 0:
+        raise ValueError(f"width factor must be > 0, got {factor}")
+    scaled = {name: max(2, round(getattr(config, name) * factor)) for name in config.WIDTH_FIELDS}
+    return dataclasses.replace(config, **scaled)

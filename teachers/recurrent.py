@@ -1,0 +1,135 @@
+"""Recurrent families: the Hierarchical LSTM (the paper's teacher) and plain stacked LSTM / GRU baselines.
+
+Variable lengths are handled by masking: steps past num_frames carry the state over unchanged, so padding never
+changes the output. The representation E is the final state of every layer (c and h for an LSTM, h for a GRU).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from teachers.config import HLSTMConfig, RNNConfig
+from teachers.heads import head_flops
+from teachers.registry import register
+from yt8m.constants import FEATURE_SIZE
+
+
+def _l2_normalize_frames(frames):
+    return tf.math.l2_normalize(frames, axis=-1)
+
+
+class StackedRNN(keras.layers.Layer):
+    """Stacked LSTM/GRU layers over a masked sequence; returns the final states of every layer, concatenated."""
+
+    def __init__(self, cells: int, layers: int, cell: str = "lstm", **kwargs):
+        super().__init__(**kwargs)
+        self.cells, self.num_layers, self.cell = cells, layers, cell
+        rnn = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
+        self.rnns = [
+            rnn(cells, return_sequences=i < layers - 1, return_state=True, name=f"{cell}_{i}") for i in range(layers)
+        ]
+
+    @property
+    def state_size(self) -> int:
+        return self.cells * self.num_layers * (2 if self.cell == "lstm" else 1)
+
+    def call(self, sequence, mask=None):
+        states = []
+        for rnn in self.rnns:
+            output, *final = rnn(sequence, mask=mask)
+            if self.cell == "lstm":
+                h, c = final
+                states += [c, h]
+            else:
+                states += final
+            sequence = output
+        return tf.concat(states, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "cells": self.cells, "layers": self.num_layers, "cell": self.cell}
+
+
+class HierarchicalLSTMEncoder(keras.layers.Layer):
+    """Frames cut into `chunks` contiguous chunks of ceil(T / chunks) frames; a shared lower stacked LSTM encodes
+    each chunk (its final states, c and h of every layer, are the chunk's vector); an upper stacked LSTM runs over
+    the chunk vectors; E = the upper final states. Masked by num_frames at both levels."""
+
+    def __init__(self, config: HLSTMConfig | dict, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, HLSTMConfig) else HLSTMConfig(**config)
+        c = self.config
+        self.lower = StackedRNN(c.lower_cells, c.lower_layers, "lstm", name="lower")
+        self.upper = StackedRNN(c.upper_cells, c.upper_layers, "lstm", name="upper")
+
+    def call(self, frames, num_frames):
+        c = self.config
+        if c.l2_normalize:
+            frames = _l2_normalize_frames(frames)
+        size, padded = c.chunk_frames, c.chunk_frames * c.chunks
+        frames = tf.pad(frames, [[0, 0], [0, padded - c.frames], [0, 0]])
+        mask = tf.sequence_mask(num_frames, padded)
+        chunk_frames = tf.reshape(frames, [-1, size, FEATURE_SIZE])
+        chunk_mask = tf.reshape(mask, [-1, size])
+        chunk_vectors = self.lower(chunk_frames, mask=chunk_mask)
+        chunk_vectors = tf.reshape(chunk_vectors, [-1, c.chunks, self.lower.state_size])
+        return self.upper(chunk_vectors, mask=tf.reduce_any(tf.reshape(mask, [-1, c.chunks, size]), axis=-1))
+
+    def get_config(self):
+        import dataclasses
+
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+class RNNEncoder(keras.layers.Layer):
+    """A plain stacked LSTM / GRU over the (masked) frames."""
+
+    def __init__(self, config: RNNConfig | dict, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, RNNConfig) else RNNConfig(**config)
+        self.rnn = StackedRNN(self.config.cells, self.config.layers, self.config.cell, name="rnn")
+
+    def call(self, frames, num_frames):
+        if self.config.l2_normalize:
+            frames = _l2_normalize_frames(frames)
+        return self.rnn(frames, mask=tf.sequence_mask(num_frames, tf.shape(frames)[1]))
+
+    def get_config(self):
+        import dataclasses
+
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+def rnn_layer_macs(cell: str, inputs: int, cells: int) -> int:
+    """Multiply-accumulates of one recurrent layer for one step: gates x (input + recurrent) weights."""
+    gates = 4 if cell == "lstm" else 3
+    return gates * cells * (inputs + cells)
+
+
+def stacked_rnn_macs(cell: str, inputs: int, cells: int, layers: int) -> int:
+    return sum(rnn_layer_macs(cell, inputs if i == 0 else cells, cells) for i in range(layers))
+
+
+def hlstm_flops(config: HLSTMConfig) -> int:
+    """Lower LSTM over every frame slot of every chunk, upper LSTM over the chunks, then the head."""
+    lower_state = 2 * config.lower_layers * config.lower_cells
+    lower = config.chunk_frames * config.chunks * stacked_rnn_macs("lstm", FEATURE_SIZE, config.lower_cells, config.lower_layers)
+    upper = config.chunks * stacked_rnn_macs("lstm", lower_state, config.upper_cells, config.upper_layers)
+    width = 2 * config.upper_layers * config.upper_cells
+    return 2 * (lower + upper) + head_flops(width, config.num_classes, config.head)
+
+
+def rnn_flops(config: RNNConfig) -> int:
+    steps = config.frames * stacked_rnn_macs(config.cell, FEATURE_SIZE, config.cells, config.layers)
+    width = config.cells * config.layers * (2 if config.cell == "lstm" else 1)
+    return 2 * steps + head_flops(width, config.num_classes, config.head)
+
+
+@register("hlstm", flops=hlstm_flops)
+def hlstm_encoder(config: HLSTMConfig) -> keras.layers.Layer:
+    return HierarchicalLSTMEncoder(config, name="hlstm")
+
+
+@register("rnn", flops=rnn_flops)
+def rnn_encoder(config: RNNConfig) -> keras.layers.Layer:
+    return RNNEncoder(config, name=config.cell)

@@ -1,0 +1,63 @@
+"""Families by name: `build_model(config)` and `model_flops(config)` for any ModelConfig.
+
+Every model takes {"frames": [B, T, 1152], "num_frames": [B]} (T = config.frames, rows >= num_frames are padding)
+and returns {"predictions": [B, C] probabilities, "representation": [B, E]}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tf_keras as keras
+
+from teachers.config import ModelConfig
+from yt8m.constants import FEATURE_SIZE
+
+
+@dataclass(frozen=True)
+class Family:
+    encoder: Callable[[ModelConfig], keras.layers.Layer]  # config -> layer(frames, num_frames) -> E [B, E]
+    flops: Callable[[ModelConfig], int]  # config -> FLOPs (2 x multiply-accumulates) per video
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: str, *, flops: Callable[[ModelConfig], int]):
+    def decorator(encoder):
+        FAMILIES[family] = Family(encoder, flops)
+        return encoder
+
+    return decorator
+
+
+def _family(config: ModelConfig) -> Family:
+    import teachers.families  # noqa: F401  (registers every family)
+
+    if config.family not in FAMILIES:
+        raise ValueError(f"no builder registered for family {config.family!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[config.family]
+
+
+def model_inputs(frames: int) -> dict[str, keras.Input]:
+    return {
+        "frames": keras.Input((frames, FEATURE_SIZE), name="frames"),
+        "num_frames": keras.Input((), dtype="int32", name="num_frames"),
+    }
+
+
+def build_model(config: ModelConfig, name: str | None = None) -> keras.Model:
+    """The model a config describes (a functional tf_keras Model: encoder, then the classifier head)."""
+    from teachers.heads import ClassifierHead
+
+    inputs = model_inputs(config.frames)
+    representation = _family(config).encoder(config)(inputs["frames"], inputs["num_frames"])
+    predictions = ClassifierHead(config.num_classes, config.head, name="head")(representation)
+    outputs = {"predictions": predictions, "representation": representation}
+    return keras.Model(inputs, outputs, name=name or config.family)
+
+
+def model_flops(config: ModelConfig) -> int:
+    """Analytic FLOPs per video (2 x multiply-accumulates; elementwise work is not counted)."""
+    return _family(config).flops(config)

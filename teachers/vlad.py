@@ -1,0 +1,316 @@
+"""Cluster-pooling families: WILLOW's NetVLAD family (NetVLAD, NetRVLAD, Soft-DBoF) and NeXtVLAD.
+
+Each family is an encoder Layer called as `encoder(frames [B, T, 1152], num_frames [B])` that returns the
+video-level representation E [B, E] the classifier head consumes:
+
+- "netvlad" (NetVLADConfig): per stream (rgb with K clusters, audio with K // 2) a NetVLADPooling, the two
+  concatenated, a hidden FC with bias (no BN, no ReLU), then Context Gating if enabled. E = the gated hidden vector.
+- "nextvlad" (NeXtVLADConfig): per stream (rgb with G groups and K clusters, audio with G // 2 and K // 2) a
+  NeXtVLADPooling, the two concatenated, dropout (training only), FC without bias, BN, SE context gating.
+  E = the SE-gated hidden vector.
+
+Padding: rows >= num_frames are zeroed first (so even inf / NaN padding cannot leak), their soft assignments
+(NetVLAD) or group attentions (NeXtVLAD) are multiplied by the frame mask, and the frame-level batch norms compute
+their batch statistics over the real frames only (a masked BN), so padding changes neither the output nor, in
+training, the batch statistics.
+
+Frame sampling (NetVLADConfig.sample_frames > 0, as in WILLOW's original): that many frame indices are drawn with
+replacement, floor(U * num_frames), at training AND at inference. Predictions are then STOCHASTIC (a fresh draw on
+every call); averaging the predictions of several calls reduces the variance. All sampled frames are real frames.
+
+Every piece is a Layer (FrameMask, NetVLADPooling, NeXtVLADPooling and the encoders, built from Dense and
+BatchNormalization sublayers) so that quantization-aware training can wrap them later.
+
+FLOPs are analytic: 2 x multiply-accumulates per video, elementwise work (BN, softmax, normalizations, sigmoid)
+not counted, the same convention as teachers.recurrent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+import tf_keras as keras
+
+from teachers.config import NetVLADConfig, NeXtVLADConfig
+from teachers.heads import BN, ContextGating, head_flops
+from teachers.registry import register
+from yt8m.constants import AUDIO_SIZE, RGB_SIZE
+
+
+def _frame_bn(name: str) -> keras.layers.BatchNormalization:
+    """Batch norm over frame-level features; called with a frame mask, so not the fused kernel (it ignores masks)."""
+    return keras.layers.BatchNormalization(**BN, fused=False, name=name)
+
+
+def _normal(fan_in: int) -> keras.initializers.Initializer:
+    """The originals' initializer for cluster weights and centres: N(0, 1 / fan_in)."""
+    return keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(fan_in))
+
+
+class FrameMask(keras.layers.Layer):
+    """(frames [B, T, D], num_frames [B]) -> (frames [B, T', D] with padding rows zeroed, mask [B, T'] float).
+
+    sample_frames = 0: T' = T, mask = frame index < num_frames.
+    sample_frames > 0: T' = sample_frames indices drawn with replacement, floor(U * num_frames) with U ~ U[0, 1),
+    at training and inference alike (so the output is stochastic); every sampled frame is real, the mask is all
+    ones (zero only for an empty video, num_frames = 0).
+    """
+
+    def __init__(self, sample_frames: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if sample_frames < 0:
+            raise ValueError(f"sample_frames must be >= 0, got {sample_frames}")
+        self.sample_frames = sample_frames
+
+    def call(self, frames, num_frames):
+        total = tf.shape(frames)[1]
+        count = tf.minimum(tf.cast(num_frames, tf.int32), total)
+        if self.sample_frames > 0:
+            uniform = tf.random.uniform([tf.shape(frames)[0], self.sample_frames], dtype=tf.float32)
+            index = tf.cast(tf.floor(uniform * tf.cast(count, tf.float32)[:, None]), tf.int32)
+            index = tf.minimum(index, tf.maximum(count - 1, 0)[:, None])  # float rounding of U * n up to n
+            frames = tf.gather(frames, index, axis=1, batch_dims=1)
+            mask = tf.broadcast_to((count > 0)[:, None], tf.shape(index))
+        else:
+            mask = tf.sequence_mask(count, total)
+        frames = tf.where(mask[..., None], frames, tf.zeros_like(frames))
+        return frames, tf.cast(mask, frames.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "sample_frames": self.sample_frames}
+
+
+class NetVLADPooling(keras.layers.Layer):
+    """One stream of WILLOW's pooling: (x [B, T, D], mask [B, T]) -> [B, D * K] (netvlad, netrvlad) or [B, K].
+
+    Optional input BN; a_t = softmax_K(BN(x_t W)) * mask_t, W is D x K without bias;
+    netvlad: V[d, k] = sum_t a_tk x_td - c_dk sum_t a_tk (centres c, D x K, separate from W);
+    netrvlad: the same without the centre term; both then intra-normalized (L2 over d per cluster), flattened
+    and globally L2-normalized. softdbof: sum_t a_t, L2-normalized.
+    """
+
+    POOLINGS = ("netvlad", "netrvlad", "softdbof")
+
+    def __init__(self, clusters: int, pooling: str = "netvlad", input_batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
+        self.clusters, self.pooling, self.input_batch_norm = clusters, pooling, input_batch_norm
+
+    def build(self, input_shape):
+        size = int(input_shape[-1])
+        self.feature_size = size
+        self.input_norm = _frame_bn("input_bn") if self.input_batch_norm else None
+        self.assign = keras.layers.Dense(
+            self.clusters, use_bias=False, kernel_initializer=_normal(size), name="assignment"
+        )
+        self.assign_norm = _frame_bn("assignment_bn")
+        if self.pooling == "netvlad":
+            self.centres = self.add_weight(
+                name="centres", shape=(size, self.clusters), initializer=_normal(size), trainable=True
+            )
+        super().build(input_shape)
+
+    @property
+    def output_size(self) -> int:
+        return self.clusters if self.pooling == "softdbof" else self.feature_size * self.clusters
+
+    def call(self, x, mask, training=None):
+        if self.input_norm is not None:
+            x = self.input_norm(x, training=training, mask=mask)
+        logits = self.assign_norm(self.assign(x), training=training, mask=mask)  # [B, T, K]
+        a = tf.nn.softmax(logits, axis=-1) * mask[..., None]
+        if self.pooling == "softdbof":
+            return tf.math.l2_normalize(tf.reduce_sum(a, axis=1), axis=-1)
+        v = tf.matmul(x, a, transpose_a=True)  # [B, D, K]: sum_t x_td a_tk
+        if self.pooling == "netvlad":
+            v -= self.centres * tf.reduce_sum(a, axis=1)[:, None, :]
+        v = tf.math.l2_normalize(v, axis=1)  # intra-normalization
+        v = tf.reshape(v, [-1, self.feature_size * self.clusters])
+        return tf.math.l2_normalize(v, axis=-1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "clusters": self.clusters,
+            "pooling": self.pooling,
+            "input_batch_norm": self.input_batch_norm,
+        }
+
+
+class NetVLADEncoder(keras.layers.Layer):
+    """WILLOW's model up to the classifier: [frame sampling], rgb (K) and audio (K // 2) pooling, concat,
+    hidden FC with bias, Context Gating (reduction 1) if enabled."""
+
+    def __init__(self, config: NetVLADConfig | dict, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, NetVLADConfig) else NetVLADConfig(**config)
+        c = self.config
+        self.frame_mask = FrameMask(c.sample_frames, name="frame_mask")
+        self.rgb = NetVLADPooling(c.clusters, c.pooling, c.input_batch_norm, name="rgb_pooling")
+        self.audio = NetVLADPooling(audio_clusters(c.clusters), c.pooling, c.input_batch_norm, name="audio_pooling")
+        self.hidden = keras.layers.Dense(c.hidden, name="hidden")
+        self.gating = ContextGating(reduction=1, name="context_gating") if c.context_gating else None
+
+    def call(self, frames, num_frames, training=None):
+        frames, mask = self.frame_mask(frames, num_frames)
+        rgb = self.rgb(frames[..., :RGB_SIZE], mask, training=training)
+        audio = self.audio(frames[..., RGB_SIZE:], mask, training=training)
+        hidden = self.hidden(tf.concat([rgb, audio], axis=-1))
+        return self.gating(hidden, training=training) if self.gating is not None else hidden
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+class NeXtVLADPooling(keras.layers.Layer):
+    """One stream of NeXtVLAD: (x [B, T, N], mask [B, T]) -> [B, K * lambda N / G].
+
+    x' = x W_e + b (N -> lambda N); alpha = sigmoid(x' W_a + b_a) * mask (G groups);
+    a = softmax_K(reshape(BN(x' W_c), [B, T G, K])) * alpha, W_c is lambda N x G K without bias;
+    x~ = reshape(x', [B, T G, lambda N / G]); V[j, k] = sum_{t, g} a (x~_j - c_kj), c is lambda N / G x K;
+    intra L2 over j, flatten, batch norm (no global L2).
+    """
+
+    def __init__(self, expansion: int, groups: int, clusters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.expansion, self.groups, self.clusters = expansion, groups, clusters
+
+    def build(self, input_shape):
+        size = int(input_shape[-1])
+        self.expanded = self.expansion * size
+        if self.expanded % self.groups:
+            raise ValueError(f"expansion * {size} = {self.expanded} must divide into {self.groups} groups")
+        self.group_size = self.expanded // self.groups
+        self.expand = keras.layers.Dense(self.expanded, name="expand")
+        self.attention = keras.layers.Dense(self.groups, name="group_attention")
+        self.assign = keras.layers.Dense(
+            self.groups * self.clusters, use_bias=False, kernel_initializer=_normal(self.expanded), name="assignment"
+        )
+        self.assign_norm = _frame_bn("assignment_bn")
+        self.centres = self.add_weight(
+            name="centres", shape=(self.group_size, self.clusters), initializer=_normal(self.clusters), trainable=True
+        )
+        self.output_norm = keras.layers.BatchNormalization(**BN, name="vlad_bn")
+        super().build(input_shape)
+
+    @property
+    def output_size(self) -> int:
+        return self.group_size * self.clusters
+
+    def call(self, x, mask, training=None):
+        steps = tf.shape(x)[1] * self.groups
+        x = self.expand(x)  # [B, T, lambda N]
+        alpha = tf.sigmoid(self.attention(x)) * mask[..., None]  # [B, T, G]
+        logits = self.assign_norm(self.assign(x), training=training, mask=mask)  # [B, T, G K]
+        a = tf.nn.softmax(tf.reshape(logits, [-1, steps, self.clusters]), axis=-1)
+        a *= tf.reshape(alpha, [-1, steps, 1])  # [B, T G, K]
+        grouped = tf.reshape(x, [-1, steps, self.group_size])  # [B, T G, lambda N / G]
+        v = tf.matmul(grouped, a, transpose_a=True)  # [B, lambda N / G, K]
+        v -= self.centres * tf.reduce_sum(a, axis=1)[:, None, :]
+        v = tf.math.l2_normalize(v, axis=1)  # intra-normalization over j
+        v = tf.reshape(v, [-1, self.group_size * self.clusters])
+        return self.output_norm(v, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "expansion": self.expansion,
+            "groups": self.groups,
+            "clusters": self.clusters,
+        }
+
+
+class NeXtVLADEncoder(keras.layers.Layer):
+    """NeXtVLAD up to the classifier: rgb (G, K) and audio (G // 2, K // 2) pooling over the masked frames, concat,
+    dropout (training only), FC without bias, BN, SE context gating (reduction config.se_reduction)."""
+
+    def __init__(self, config: NeXtVLADConfig | dict, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, NeXtVLADConfig) else NeXtVLADConfig(**config)
+        c = self.config
+        self.frame_mask = FrameMask(0, name="frame_mask")
+        self.rgb = NeXtVLADPooling(c.expansion, c.groups, c.clusters, name="rgb_pooling")
+        self.audio = NeXtVLADPooling(
+            c.expansion, audio_groups(c.groups), audio_clusters(c.clusters), name="audio_pooling"
+        )
+        self.dropout = keras.layers.Dropout(c.dropout, name="dropout")
+        self.hidden = keras.layers.Dense(c.hidden, use_bias=False, name="hidden")
+        self.hidden_norm = keras.layers.BatchNormalization(**BN, name="hidden_bn")
+        self.gating = ContextGating(reduction=c.se_reduction, name="se_gating")
+
+    def call(self, frames, num_frames, training=None):
+        frames, mask = self.frame_mask(frames, num_frames)
+        rgb = self.rgb(frames[..., :RGB_SIZE], mask, training=training)
+        audio = self.audio(frames[..., RGB_SIZE:], mask, training=training)
+        vlad = self.dropout(tf.concat([rgb, audio], axis=-1), training=training)
+        hidden = self.hidden_norm(self.hidden(vlad), training=training)
+        return self.gating(hidden, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+
+def audio_clusters(clusters: int) -> int:
+    """The audio stream's clusters: half the rgb stream's (at least 1)."""
+    return max(1, clusters // 2)
+
+
+def audio_groups(groups: int) -> int:
+    """NeXtVLAD's audio groups: half the rgb stream's (at least 1, as NeXtVLADConfig validates)."""
+    return max(1, groups // 2)
+
+
+def netvlad_pooling_macs(frames: int, size: int, clusters: int, pooling: str) -> int:
+    """One stream: per-frame assignment x W, the aggregation a^T x (not for softdbof) and the centre term."""
+    macs = frames * size * clusters  # assignment
+    if pooling != "softdbof":
+        macs += frames * size * clusters  # aggregation sum_t a_tk x_td
+    if pooling == "netvlad":
+        macs += size * clusters  # c_dk * sum_t a_tk
+    return macs
+
+
+def netvlad_flops(config: NetVLADConfig) -> int:
+    """Both streams' pooling over the (sampled) frames, the hidden FC, context gating, then the head."""
+    frames = config.sample_frames if config.sample_frames > 0 else config.frames
+    streams = ((RGB_SIZE, config.clusters), (AUDIO_SIZE, audio_clusters(config.clusters)))
+    pooling = sum(netvlad_pooling_macs(frames, size, k, config.pooling) for size, k in streams)
+    width = sum(k if config.pooling == "softdbof" else size * k for size, k in streams)
+    macs = pooling + width * config.hidden
+    if config.context_gating:
+        macs += config.hidden * config.hidden
+    return 2 * macs + head_flops(config.hidden, config.num_classes, config.head)
+
+
+def nextvlad_pooling_macs(frames: int, size: int, expansion: int, groups: int, clusters: int) -> int:
+    """One stream: expansion, group attention, assignment (per frame), aggregation and the centre term."""
+    expanded = expansion * size
+    per_frame = size * expanded + expanded * groups + expanded * groups * clusters
+    per_frame += groups * clusters * (expanded // groups)  # aggregation: G groups x K clusters x lambda N / G
+    return frames * per_frame + (expanded // groups) * clusters
+
+
+def nextvlad_flops(config: NeXtVLADConfig) -> int:
+    """Both streams' pooling over all frames, the hidden FC, SE gating (two matmuls), then the head."""
+    streams = (
+        (RGB_SIZE, config.groups, config.clusters),
+        (AUDIO_SIZE, audio_groups(config.groups), audio_clusters(config.clusters)),
+    )
+    pooling = sum(nextvlad_pooling_macs(config.frames, n, config.expansion, g, k) for n, g, k in streams)
+    width = sum(config.expansion * n // g * k for n, g, k in streams)
+    squeeze = config.hidden // config.se_reduction
+    macs = pooling + width * config.hidden + 2 * config.hidden * squeeze
+    return 2 * macs + head_flops(config.hidden, config.num_classes, config.head)
+
+
+@register("netvlad", flops=netvlad_flops)
+def netvlad_encoder(config: NetVLADConfig) -> keras.layers.Layer:
+    return NetVLADEncoder(config, name=config.pooling)
+
+
+@register("nextvlad", flops=nextvlad_flops)
+def nextvlad_encoder(config: NeXtVLADConfig) -> keras.layers.Layer:
+    return NeXtVLADEncoder(config, name="nextvlad")
