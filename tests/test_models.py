@@ -220,3 +220,16 @@ def test_models_command_prints_counts_and_the_teacher_student_table(capsys):
     assert "teacher / student" in table and "30.0x" in table
     assert main(["models", "--teacher", "hlstm-small", "--frames", "300"]) == 2
     assert "--frames takes two integers" in capsys.readouterr().err
+
+
+def test_cross_family_narrow_student_and_projection():
+    from students.student import RepresentationProjection, build_student, student_config
+
+    teacher = build_model(PRESETS["hlstm-small"])
+    config = student_config(PRESETS["netvlad-small"], k=30, width=0.5, num_classes=100)
+    assert (config.model.family, config.model.clusters, config.model.hidden, config.k) == ("netvlad", 8, 128, 30)
+    student = build_student(config)
+    out = student({"frames": _videos(batch=2, frames=300), "num_frames": np.array([300, 45], "int32")})
+    assert out["predictions"].shape == (2, 100) and out["representation"].shape == (2, 128)
+    projected = RepresentationProjection(teacher.output["representation"].shape[-1])(out["representation"])
+    assert projected.shape == (2, 256)  # hlstm-small: c and h of one 128-cell upper layer

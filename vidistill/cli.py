@@ -16,6 +16,11 @@ COMMANDS = {
     "baseline": "baseline",
     "score": "score",
     "models": "models",
+    "train": "train",
+    "convert": "convert",
+    "finetune": "finetune",
+    "eval": "eval",
+    "predict": "predict",
     "demo": "demo",
     "bench-data": "bench_data",
 }
@@ -32,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"vidistill.commands.{module_name}")
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__)
         module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(handler_=module.run)
     return parser
 
 
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from yt8m.errors import DataError
 
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler_(args) or 0)
     except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"vidistill {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,130 @@
+"""The full, typed configuration of a training run; saved as RUN/config.yaml, from which a run can always
+rebuild its models."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from distill.losses import LossWeights
+from students.student import StudentConfig
+from teachers.config import ModelConfig, config_from_dict, config_to_dict
+
+MODES = ("parallel", "serial", "teacher", "student")
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # glob(s) of frame-level training records
+    eval: str = ""  # glob(s) of held-out records ("" = no periodic evaluation)
+    max_frames: int = 300
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    shuffle_buffer: int = 256  # videos (a full-length video is 1.4 MB of float32 frames)
+    eval_videos: int = 0  # held-out videos per periodic evaluation (0 = all)
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam with per-variable gradient clipping and exponential learning-rate decay (the official defaults)."""
+
+    learning_rate: float = 1e-3
+    decay_rate: float = 0.95
+    decay_steps: int = 1000
+    clip_norm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "parallel"
+    teacher: ModelConfig | None = None
+    student: StudentConfig | None = None
+    teacher_run: str = ""  # serial mode (and optional for finetune): a trained teacher's run directory
+    init_student: str = ""  # finetune: a converted student directory to start from
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossWeights = field(default_factory=LossWeights)  # the student's loss weights (distill/losses.py)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    steps: int = 1000
+    checkpoint_every: int = 100  # steps; a killed run loses at most this many
+    keep_checkpoints: int = 3
+    eval_every: int = 500  # steps (rounded to checkpoint intervals); 0 = only at the end
+    average_last: int = 0  # > 0: also save the average of the last N checkpoints (SWA)
+    mixed_precision: bool = False  # bfloat16 compute, float32 variables
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher, dict):
+            self.teacher = config_from_dict(self.teacher)
+        if isinstance(self.student, dict):
+            self.student = StudentConfig.from_dict(self.student)
+        for name, cls in (("data", DataConfig), ("loss", LossWeights), ("optimizer", OptimizerConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls(**getattr(self, name)))
+
+    def validate(self) -> None:
+        """Checks that the run can start; every message names the option to fix."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        needs_teacher = self.mode in ("parallel", "serial", "teacher")
+        needs_student = self.mode in ("parallel", "serial", "student")
+        if needs_teacher and self.teacher is None:
+            raise ValueError(f"mode {self.mode!r} needs a teacher (--teacher PRESET|CONFIG, or --teacher-run RUN)")
+        if needs_student and self.student is None:
+            raise ValueError(f"mode {self.mode!r} needs a student (--student PRESET|CONFIG or --frames K)")
+        if self.mode == "serial" and not self.teacher_run:
+            raise ValueError("mode 'serial' trains against a frozen, trained teacher: pass --teacher-run RUN")
+        if not self.data.train:
+            raise ValueError("no training data: pass --data PATTERN (or data.train in the config file)")
+        if self.teacher and self.student and self.teacher.num_classes != self.student.model.num_classes:
+            raise ValueError(
+                f"teacher has {self.teacher.num_classes} classes but the student {self.student.model.num_classes}"
+            )
+        for name in ("steps", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.teacher and self.teacher.frames != self.data.max_frames:
+            raise ValueError(
+                f"the teacher takes {self.teacher.frames} frames but data.max_frames is {self.data.max_frames}: "
+                "set them equal"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        model = self.teacher or self.student.model
+        return model.num_classes
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["teacher"] = config_to_dict(self.teacher) if self.teacher else None
+        data["student"] = self.student.to_dict() if self.student else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def save_train_config(config: TrainConfig, run_dir: str) -> str:
+    path = os.path.join(run_dir, "config.yaml")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump({"train": config.to_dict()}, f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def load_train_config(path_or_run: str) -> TrainConfig:
+    """A config file, or a run directory's config.yaml."""
+    path = os.path.join(path_or_run, "config.yaml") if os.path.isdir(path_or_run) else path_or_run
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: is {path_or_run!r} a run directory or a config file?")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return TrainConfig.from_dict(data.get("train", data))

@@ -1,0 +1,51 @@
+"""What a user points commands at: a run directory (config.yaml + checkpoints) or a converted student."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import tf_keras as keras
+
+from distill.config import load_train_config
+from distill.trainer import build_models, restore_models
+from students.convert import is_student_dir, load_student, save_student
+from yt8m.constants import MAX_FRAMES
+
+
+@dataclass
+class LoadedModel:
+    model: keras.Model
+    num_classes: int
+    max_frames: int
+    description: str
+
+
+def load_model(path: str, which: str = "auto") -> LoadedModel:
+    """`which`: "student", "teacher", or "auto" (the student when the run has one)."""
+    if is_student_dir(path):
+        if which == "teacher":
+            raise ValueError(f"{path} is a converted student: it holds no teacher")
+        student = load_student(path)
+        num_classes = student.output["predictions"].shape[-1]
+        return LoadedModel(student, num_classes, MAX_FRAMES, f"converted student {path}")
+    if not os.path.exists(os.path.join(path, "config.yaml")):
+        raise FileNotFoundError(f"{path} is neither a run directory (config.yaml) nor a converted student")
+    config = load_train_config(path)
+    models = build_models(config)
+    checkpoint = restore_models(models, path)
+    if which == "auto":
+        which = "student" if models.student is not None else "teacher"
+    model = getattr(models, which)
+    if model is None:
+        raise ValueError(f"{path} ({config.mode} run) has no {which}")
+    return LoadedModel(model, config.num_classes, config.data.max_frames, f"{which} of {path} ({checkpoint})")
+
+
+def convert_run(run_dir: str, out_dir: str) -> str:
+    """Strips the teacher: the run's student (best checkpoint, else last) alone, as a student directory."""
+    config = load_train_config(run_dir)
+    if config.student is None or config.mode == "teacher":
+        raise ValueError(f"{run_dir} is a {config.mode!r} run without a student: nothing to convert")
+    loaded = load_model(run_dir, "student")
+    return save_student(loaded.model, config.student, out_dir)

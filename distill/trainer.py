@@ -1,0 +1,273 @@
+"""Training runs: models from the config, data, the Distiller under a tf.distribute strategy, and callbacks for
+checkpoints, held-out evaluation, progress and TensorBoard.
+
+A run directory holds config.yaml (the full resolved TrainConfig), checkpoints/ (the last `keep_checkpoints`,
+written every `checkpoint_every` steps; TensorFlow writes the `checkpoint` pointer atomically, so a run killed
+mid-save resumes from the previous one), checkpoints/best/ (the best held-out GAP), logs/ (TensorBoard) and
+metrics.jsonl (one line per evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import tensorflow as tf
+import tf_keras as keras
+
+from distill.config import TrainConfig, load_train_config, save_train_config
+from distill.distiller import Distiller
+from students.student import RepresentationProjection, build_student
+from teachers.registry import build_model
+from yt8m.readers import read_frame_dataset
+
+CHECKPOINTS = "checkpoints"
+BEST = os.path.join(CHECKPOINTS, "best")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (a NaN loss, an incompatible checkpoint); the message says what to do."""
+
+
+@dataclass
+class Models:
+    teacher: keras.Model | None
+    student: keras.Model | None
+    projection: keras.layers.Layer | None
+
+    def checkpoint(self, **extra) -> tf.train.Checkpoint:
+        parts = {k: v for k, v in (("teacher", self.teacher), ("student", self.student), ("projection", self.projection)) if v}
+        return tf.train.Checkpoint(**parts, **extra)
+
+
+def build_models(config: TrainConfig) -> Models:
+    """The teacher and/or student of a run, and the L_REP projection when their widths differ."""
+    teacher = build_model(config.teacher, name="teacher") if config.teacher is not None and config.mode != "student" else None
+    student = build_student(config.student) if config.student is not None and config.mode != "teacher" else None
+    projection = None
+    if teacher is not None and student is not None and config.loss.rep > 0:
+        t_width = teacher.output["representation"].shape[-1]
+        s_width = student.output["representation"].shape[-1]
+        if t_width != s_width:
+            projection = RepresentationProjection(t_width, name="projection")
+            projection.build((None, s_width))
+    return Models(teacher, student, projection)
+
+
+def restore_models(models: Models, run_dir: str, *, prefer_best: bool = True) -> str:
+    """Restores a run's weights (best checkpoint if any, else the last) into `models`; returns the path used."""
+    path = latest_checkpoint(run_dir, prefer_best=prefer_best)
+    status = models.checkpoint().restore(path)
+    try:
+        status.expect_partial().assert_existing_objects_matched()
+    except AssertionError as e:
+        raise TrainingError(f"{path} does not match this model configuration ({e}); was the config changed?") from None
+    return path
+
+
+def latest_checkpoint(run_dir: str, *, prefer_best: bool = True) -> str:
+    for folder in ([BEST] if prefer_best else []) + [CHECKPOINTS]:
+        path = tf.train.latest_checkpoint(os.path.join(run_dir, folder))
+        if path:
+            return path
+    raise FileNotFoundError(f"{run_dir} holds no checkpoint: is it a training run directory?")
+
+
+def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    o = config.optimizer
+    schedule = keras.optimizers.schedules.ExponentialDecay(o.learning_rate, o.decay_steps, o.decay_rate)
+    return keras.optimizers.Adam(schedule, clipnorm=o.clip_norm)  # clipnorm: each gradient separately
+
+
+def _train_dataset(config: TrainConfig) -> tf.data.Dataset:
+    return read_frame_dataset(
+        config.data.train,
+        num_classes=config.num_classes,
+        max_frames=config.data.max_frames,
+        batch_size=config.data.batch_size,
+        shuffle=True,
+        shuffle_buffer=config.data.shuffle_buffer,
+        num_epochs=None,
+        drop_remainder=True,
+        seed=config.seed,
+    )
+
+
+class _Progress(keras.callbacks.Callback):
+    """A tqdm bar over the whole run: steps/s, ETA, and the latest loss terms."""
+
+    def __init__(self, total: int, initial: int):
+        super().__init__()
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", desc="train", dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and batch % 10 == 0:
+            self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in logs.items()}, refresh=False)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+class _NaNGuard(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {k: float(v) for k, v in (logs or {}).items() if not math.isfinite(float(v))}
+        if bad:
+            self.model.stop_training = True
+            self.bad = bad
+
+
+class _Checkpointer(keras.callbacks.Callback):
+    """Every `checkpoint_every` steps (one Keras epoch): save; every `eval_every`: evaluate and keep the best."""
+
+    def __init__(self, run: Run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        if getattr(self.run.nan_guard, "bad", None):
+            return  # never checkpoint a diverged model
+        step = int(self.run.optimizer.iterations.numpy())
+        self.run.manager.save(checkpoint_number=step)
+        every = self.run.config.eval_every
+        if self.run.config.data.eval and every and step % every < self.run.config.checkpoint_every:
+            self.run.evaluate_and_keep_best(step)
+
+
+class Run:
+    """One training run in `run_dir` (created, or resumed with resume=True)."""
+
+    def __init__(self, config: TrainConfig, run_dir: str, *, resume: bool = False, strategy=None):
+        config.validate()
+        if config.student is not None and config.student.k > config.data.max_frames:
+            raise ValueError(
+                f"the student asks for k={config.student.k} frames but the data gives at most "
+                f"max_frames={config.data.max_frames}: lower --frames"
+            )
+        self.config, self.run_dir = config, run_dir
+        self.strategy = strategy or tf.distribute.get_strategy()
+        existing = os.path.exists(os.path.join(run_dir, "config.yaml"))
+        if existing and not resume:
+            raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+        if resume and not existing:
+            raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no config.yaml")
+        if resume:
+            saved = load_train_config(run_dir)
+            if saved.to_dict() | {"steps": 0} != config.to_dict() | {"steps": 0}:
+                raise TrainingError(
+                    f"{run_dir} was started with another configuration; resume it with its own config.yaml "
+                    "(only --steps may change)"
+                )
+        os.makedirs(run_dir, exist_ok=True)
+        save_train_config(config, run_dir)
+        keras.utils.set_random_seed(config.seed)
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        with self.strategy.scope():
+            self.models = build_models(config)
+            if config.mode == "serial":
+                restore_models(Models(self.models.teacher, None, None), config.teacher_run)
+            if config.init_student:
+                _load_student_weights(self.models.student, config.init_student)
+            self.optimizer = _optimizer(config)
+            self.distiller = Distiller(
+                config.mode,
+                self.models.teacher,
+                self.models.student,
+                config.loss,
+                self.models.projection,
+            )
+            self.distiller.compile(optimizer=self.optimizer)
+        self.checkpoint = self.models.checkpoint(optimizer=self.optimizer)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(run_dir, CHECKPOINTS), max_to_keep=config.keep_checkpoints
+        )
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, BEST), max_to_keep=1)
+        self.best_gap = _best_gap(run_dir)
+        if resume and self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.nan_guard = _NaNGuard()
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def train(self, *, progress: bool = True) -> dict:
+        config = self.config
+        interval = min(config.checkpoint_every, config.steps)
+        epochs = math.ceil(config.steps / interval)
+        start_epoch = self.step // interval
+        if start_epoch >= epochs:
+            return self.summary()
+        callbacks = [
+            self.nan_guard,
+            _Checkpointer(self),
+            keras.callbacks.TensorBoard(os.path.join(self.run_dir, "logs"), update_freq=max(1, interval // 10)),
+        ]
+        if progress:
+            callbacks.append(_Progress(epochs * interval, start_epoch * interval))
+        dataset = _train_dataset(config)  # fit distributes it over the strategy the models were built under
+        started = time.perf_counter()
+        self.distiller.fit(
+            dataset, epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=interval, callbacks=callbacks, verbose=0
+        )
+        if getattr(self.nan_guard, "bad", None):
+            last = self.manager.latest_checkpoint or "none yet"
+            raise TrainingError(
+                f"the loss became non-finite at step {self.step} ({self.nan_guard.bad}); training stopped and the "
+                f"last good checkpoint is kept ({last}). Lower the learning rate or the loss weights, then --resume"
+            )
+        self._write_line("train.jsonl", {"step": self.step, "seconds": time.perf_counter() - started})
+        if config.data.eval and (not config.eval_every or self.step % config.eval_every):
+            self.evaluate_and_keep_best(self.step)
+        return self.summary()
+
+    def evaluate_and_keep_best(self, step: int) -> dict:
+        from distill.evaluate import evaluate_model
+
+        model = self.models.student if self.models.student is not None else self.models.teacher
+        metrics = evaluate_model(
+            model,
+            self.config.data.eval,
+            num_classes=self.config.num_classes,
+            max_frames=self.config.data.max_frames,
+            batch_size=self.config.data.eval_batch_size,
+            max_videos=self.config.data.eval_videos,
+        )
+        writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", "eval"))
+        with writer.as_default():
+            for name in ("gap", "map", "hit_at_one", "perr"):
+                tf.summary.scalar(name, metrics[name], step=step)
+        self._write_line("metrics.jsonl", {"step": step, **metrics})
+        if self.best_gap is None or metrics["gap"] > self.best_gap:
+            self.best_gap = metrics["gap"]
+            self.best_manager.save(checkpoint_number=step)
+        return metrics
+
+    def summary(self) -> dict:
+        path = os.path.join(self.run_dir, "metrics.jsonl")
+        lines = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+        return {"step": self.step, "run_dir": self.run_dir, "last_eval": lines[-1] if lines else None}
+
+    def _write_line(self, name: str, record: dict) -> None:
+        with open(os.path.join(self.run_dir, name), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _best_gap(run_dir: str) -> float | None:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    gaps = [json.loads(line)["gap"] for line in open(path) if line.strip()]
+    return max(gaps) if gaps else None
+
+
+def _load_student_weights(student: keras.Model, student_dir: str) -> None:
+    from students.convert import load_student_weights
+
+    load_student_weights(student, student_dir)

@@ -1,0 +1,77 @@
+"""A student on its own: the directory `vidistill convert` writes, and loading it back.
+
+DIR/student.yaml   the StudentConfig (backbone family, k, selection policy)
+DIR/weights/       the student's variables (a tf.train.Checkpoint: fine-tuning restores from here)
+DIR/saved_model/   a TF SavedModel with one serving signature: frames [B, T, 1152] float32 (the whole video,
+                   any T) and num_frames [B] int32 in, {"predictions", "representation"} out; the frame
+                   selection is inside, so it is a drop-in replacement for a teacher served the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import tensorflow as tf
+import tf_keras as keras
+import yaml
+
+from students.student import StudentConfig, build_student
+from yt8m.constants import FEATURE_SIZE
+
+CONFIG = "student.yaml"
+WEIGHTS = "weights"
+SAVED_MODEL = "saved_model"
+
+
+def save_student(student: keras.Model, config: StudentConfig, out_dir: str) -> str:
+    """Writes config, weights and SavedModel into `out_dir` (built in a temporary folder, then renamed)."""
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, CONFIG), "w") as f:
+        yaml.safe_dump({"student": config.to_dict()}, f, sort_keys=False)
+    tf.train.Checkpoint(student=student).write(os.path.join(tmp, WEIGHTS, "student"))
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, FEATURE_SIZE], tf.float32, name="frames"),
+            tf.TensorSpec([None], tf.int32, name="num_frames"),
+        ]
+    )
+    def serve(frames, num_frames):
+        return student({"frames": frames, "num_frames": num_frames}, training=False)
+
+    tf.saved_model.save(student, os.path.join(tmp, SAVED_MODEL), signatures={"serving_default": serve})
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def is_student_dir(path: str) -> bool:
+    return os.path.exists(os.path.join(path, CONFIG))
+
+
+def load_student_config(student_dir: str) -> StudentConfig:
+    path = os.path.join(student_dir, CONFIG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{student_dir} is not a converted student (no {CONFIG}): run `vidistill convert`")
+    with open(path) as f:
+        return StudentConfig.from_dict(yaml.safe_load(f)["student"])
+
+
+def load_student_weights(student: keras.Model, student_dir: str) -> None:
+    path = os.path.join(student_dir, WEIGHTS, "student")
+    status = tf.train.Checkpoint(student=student).read(path)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ValueError(f"{student_dir}: its weights do not fit this student configuration ({e})") from None
+
+
+def load_student(student_dir: str) -> keras.Model:
+    """The Keras student rebuilt from its config, with its weights."""
+    student = build_student(load_student_config(student_dir))
+    load_student_weights(student, student_dir)
+    return student

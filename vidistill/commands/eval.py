@@ -1,0 +1,35 @@
+"""Evaluate a run (its student, or --which teacher) or a converted student on labeled frame-level records:
+Hit@1, PERR, GAP@20, mAP."""
+
+from __future__ import annotations
+
+import json
+
+HELP = "evaluate a run or a converted student: Hit@1, PERR, GAP, mAP"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="run directory or converted student directory")
+    parser.add_argument("--data", required=True, help="labeled frame-level records (glob)")
+    parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    from tabulate import tabulate
+
+    from distill.evaluate import evaluate_model
+    from distill.runs import load_model
+
+    loaded = load_model(args.model, args.which)
+    result = evaluate_model(
+        loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(loaded.description)
+        print(tabulate(result.items(), headers=["metric", "value"], floatfmt=".4f"))
+    return 0

@@ -1,0 +1,85 @@
+"""Train a teacher, a student, or both (parallel / serial distillation). The config file holds everything; flags
+override it; the full resolved configuration is saved in the run directory as config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+
+HELP = "train teacher-student pairs (parallel, serial) or either alone"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML config file (a run's config.yaml works too)")
+    parser.add_argument("--data", help="training records (glob)")
+    parser.add_argument("--eval-data", help="held-out records for periodic evaluation (glob)")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--mode", choices=["parallel", "serial", "teacher", "student"])
+    parser.add_argument("--teacher", help="teacher preset or model config file")
+    parser.add_argument("--student", help="student backbone preset or config file (default: the teacher's family)")
+    parser.add_argument("--teacher-run", help="a trained teacher's run directory (serial mode)")
+    parser.add_argument("--frames", type=int, help="k: frames the student sees")
+    parser.add_argument("--selection", default=None, help="uniform, random, first, middle, last, fml")
+    parser.add_argument("--width", type=float, default=None, help="student width factor (default 1)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--num-classes", type=int, help="override the models' number of classes")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def resolve_config(args):
+    """The TrainConfig of the config file (or defaults) with the flags applied."""
+    from distill.config import TrainConfig, load_train_config
+    from students.student import student_config
+    from teachers.presets import resolve
+
+    if args.resume and not args.config:
+        config = load_train_config(args.out)
+    else:
+        config = load_train_config(args.config) if args.config else TrainConfig()
+    if args.mode:
+        config.mode = args.mode
+    if args.data:
+        config.data.train = args.data
+    if args.eval_data:
+        config.data.eval = args.eval_data
+    for flag, field in (("steps", "steps"), ("checkpoint_every", "checkpoint_every"), ("eval_every", "eval_every")):
+        if getattr(args, flag) is not None:
+            setattr(config, field, getattr(args, flag))
+    if args.batch_size:
+        config.data.batch_size = args.batch_size
+    if args.teacher_run:
+        config.teacher_run = args.teacher_run
+        config.teacher = load_train_config(args.teacher_run).teacher
+        config.mode = args.mode or "serial"
+    if args.teacher:
+        config.teacher = resolve(args.teacher)
+    if args.num_classes and config.teacher:
+        config.teacher = dataclasses.replace(config.teacher, num_classes=args.num_classes)
+    if config.teacher:
+        config.data.max_frames = config.teacher.frames
+    if args.student or args.frames or args.selection or args.width:
+        base = resolve(args.student) if args.student else (config.student.model if config.student else config.teacher)
+        if base is None:
+            raise ValueError("a student needs a model: pass --student PRESET|CONFIG or --teacher")
+        k = args.frames or (config.student.k if config.student else None)
+        if not k:
+            raise ValueError("pass --frames K: the number of frames the student sees")
+        policy = args.selection or (config.student.policy if config.student else "uniform")
+        classes = config.teacher.num_classes if config.teacher else args.num_classes
+        config.student = student_config(base, k=k, policy=policy, width=args.width or 1.0, num_classes=classes)
+    return config
+
+
+def run(args) -> int:
+    from distill.trainer import Run
+
+    config = resolve_config(args)
+    run = Run(config, args.out, resume=args.resume)
+    summary = run.train()
+    print(f"trained to step {summary['step']}; run directory {args.out}")
+    if summary["last_eval"]:
+        e = summary["last_eval"]
+        print(f"held-out: GAP {e['gap']:.4f}  mAP {e['map']:.4f}  Hit@1 {e['hit_at_one']:.4f}  ({e['num_videos']} videos)")
+    return 0
