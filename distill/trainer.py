@@ -13,8 +13,10 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -26,6 +28,38 @@ from yt8m.readers import read_frame_dataset
 
 CHECKPOINTS = "checkpoints"
 BEST = os.path.join(CHECKPOINTS, "best")
+
+
+def default_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster, MirroredStrategy over several GPUs, else the
+    default (one device)."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _worker(strategy) -> tuple[bool, int]:
+    """(is_chief, task id). Every worker saves checkpoints (reading variables may need all of them); only the
+    chief's go to the run directory."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    task_id = resolver.task_id or 0
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and task_id == 0), task_id
+
+
+@contextmanager
+def _precision(mixed: bool):
+    """Builds models under the mixed_bfloat16 policy (bf16 compute, float32 variables), then restores the policy."""
+    previous = keras.mixed_precision.global_policy()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 class TrainingError(RuntimeError):
@@ -83,6 +117,9 @@ def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
 
 
 def _train_dataset(config: TrainConfig) -> tf.data.Dataset:
+    """Shuffled, repeated forever; under several workers each keeps every n-th batch (auto-shard by data)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return read_frame_dataset(
         config.data.train,
         num_classes=config.num_classes,
@@ -93,7 +130,7 @@ def _train_dataset(config: TrainConfig) -> tf.data.Dataset:
         num_epochs=None,
         drop_remainder=True,
         seed=config.seed,
-    )
+    ).with_options(options)
 
 
 class _Progress(keras.callbacks.Callback):
@@ -150,8 +187,12 @@ class Run:
                 f"max_frames={config.data.max_frames}: lower --frames"
             )
         self.config, self.run_dir = config, run_dir
-        self.strategy = strategy or tf.distribute.get_strategy()
+        self.strategy = strategy or default_strategy()
+        self.is_chief, task_id = _worker(self.strategy)
+        checkpoint_dir = run_dir if self.is_chief else os.path.join(run_dir, "workers", str(task_id))
         existing = os.path.exists(os.path.join(run_dir, "config.yaml"))
+        if not self.is_chief:
+            existing = resume  # the chief owns the run directory; a worker follows it
         if existing and not resume:
             raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
         if resume and not existing:
@@ -164,11 +205,10 @@ class Run:
                     "(only --steps may change)"
                 )
         os.makedirs(run_dir, exist_ok=True)
-        save_train_config(config, run_dir)
+        if self.is_chief:
+            save_train_config(config, run_dir)
         keras.utils.set_random_seed(config.seed)
-        if config.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        with self.strategy.scope():
+        with self.strategy.scope(), _precision(config.mixed_precision):
             self.models = build_models(config)
             if config.mode == "serial":
                 restore_models(Models(self.models.teacher, None, None), config.teacher_run)
@@ -185,9 +225,11 @@ class Run:
             self.distiller.compile(optimizer=self.optimizer)
         self.checkpoint = self.models.checkpoint(optimizer=self.optimizer)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(run_dir, CHECKPOINTS), max_to_keep=config.keep_checkpoints
+            self.checkpoint, os.path.join(checkpoint_dir, CHECKPOINTS), max_to_keep=config.keep_checkpoints
         )
-        self.best_manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, BEST), max_to_keep=1)
+        self.best_manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(checkpoint_dir, BEST), max_to_keep=1
+        )
         self.best_gap = _best_gap(run_dir)
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
@@ -225,10 +267,36 @@ class Run:
         self._write_line("train.jsonl", {"step": self.step, "seconds": time.perf_counter() - started})
         if config.data.eval and (not config.eval_every or self.step % config.eval_every):
             self.evaluate_and_keep_best(self.step)
+        if config.average_last > 1:
+            self.average_checkpoints(config.average_last)
         return self.summary()
 
-    def evaluate_and_keep_best(self, step: int) -> dict:
+    def average_checkpoints(self, last: int) -> str:
+        """SWA (the 2018 4th-place trick): the mean of the trainable variables over the last `last` checkpoints
+        (batch-norm statistics are not averaged: they come from the newest), saved in checkpoints/averaged/;
+        evaluated, and kept as the best when it beats it."""
+        paths = self.manager.checkpoints[-last:]
+        if len(paths) < 2:
+            return ""
+        variables = [v for m in (self.models.teacher, self.models.student, self.models.projection) if m for v in m.trainable_variables]
+        total = [np.zeros(v.shape, np.float64) for v in variables]
+        for path in paths:
+            self.checkpoint.restore(path).expect_partial()
+            for acc, v in zip(total, variables):
+                acc += v.numpy()
+        for acc, v in zip(total, variables):
+            v.assign((acc / len(paths)).astype(v.dtype.as_numpy_dtype))
+        averaged = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(os.path.dirname(self.manager.directory), CHECKPOINTS, "averaged"), 1
+        ).save(checkpoint_number=self.step)
+        if self.config.data.eval:
+            metrics = self.evaluate_and_keep_best(self.step, tag="averaged")
+            print(f"average of the last {len(paths)} checkpoints: held-out GAP {metrics['gap']:.4f}")
+        return averaged
+
+    def evaluate_and_keep_best(self, step: int, tag: str = "") -> dict:
         from distill.evaluate import evaluate_model
+
 
         model = self.models.student if self.models.student is not None else self.models.teacher
         metrics = evaluate_model(
@@ -239,11 +307,14 @@ class Run:
             batch_size=self.config.data.eval_batch_size,
             max_videos=self.config.data.eval_videos,
         )
-        writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", "eval"))
-        with writer.as_default():
-            for name in ("gap", "map", "hit_at_one", "perr"):
-                tf.summary.scalar(name, metrics[name], step=step)
-        self._write_line("metrics.jsonl", {"step": step, **metrics})
+        # every worker evaluates (same weights, same data: the same decision below, so that all of them take
+        # part in the same checkpoint saves); only the chief writes files
+        if self.is_chief:
+            writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", "eval"))
+            with writer.as_default():
+                for name in ("gap", "map", "hit_at_one", "perr"):
+                    tf.summary.scalar(f"{tag or 'last'}/{name}", metrics[name], step=step)
+        self._write_line("metrics.jsonl", {"step": step, **({"checkpoint": tag} if tag else {}), **metrics})
         if self.best_gap is None or metrics["gap"] > self.best_gap:
             self.best_gap = metrics["gap"]
             self.best_manager.save(checkpoint_number=step)
@@ -255,6 +326,8 @@ class Run:
         return {"step": self.step, "run_dir": self.run_dir, "last_eval": lines[-1] if lines else None}
 
     def _write_line(self, name: str, record: dict) -> None:
+        if not self.is_chief:
+            return
         with open(os.path.join(self.run_dir, name), "a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -77,6 +77,7 @@ def run(args) -> int:
 
     config = resolve_config(args)
     run = Run(config, args.out, resume=args.resume)
+    print(f"strategy: {type(run.strategy).__name__}, {run.strategy.num_replicas_in_sync} replica(s) in sync")
     summary = run.train()
     print(f"trained to step {summary['step']}; run directory {args.out}")
     if summary["last_eval"]:
