@@ -11,7 +11,7 @@ import yaml
 
 from distill.losses import LossWeights
 from students.student import StudentConfig
-from teachers.config import ModelConfig, config_from_dict, config_to_dict
+from teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields
 
 MODES = ("parallel", "serial", "teacher", "student")
 
@@ -62,7 +62,7 @@ class TrainConfig:
             self.student = StudentConfig.from_dict(self.student)
         for name, cls in (("data", DataConfig), ("loss", LossWeights), ("optimizer", OptimizerConfig)):
             if isinstance(getattr(self, name), dict):
-                setattr(self, name, cls(**getattr(self, name)))
+                setattr(self, name, from_fields(cls, getattr(self, name), f"train.{name}"))
 
     def validate(self) -> None:
         """Checks that the run can start; every message names the option to fix."""
@@ -104,11 +104,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data, "train")
 
 
 def save_train_config(config: TrainConfig, run_dir: str) -> str:

@@ -50,3 +50,67 @@ def evaluate_model(
     result = metrics.result()
     result["loss"] = float(np.concatenate(losses).mean()) if losses else 0.0
     return result
+
+
+def _fit_frames(frames, num_frames, length: int):
+    """Pads (or cuts) a batch of frame sequences to the model's input length; num_frames keeps the real count."""
+    pad = tf.maximum(length - tf.shape(frames)[1], 0)
+    frames = tf.pad(frames, [[0, 0], [0, pad], [0, 0]])[:, :length]
+    return frames, tf.minimum(num_frames, length)
+
+
+def rated_segment_predictions(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64):
+    """(segment ids "vid:start", predictions [S, C], labels [S, C], label_weights [S, C]) of the rated segments of
+    2019-style records: each segment's 5 frames go through the model as a short video."""
+    predict = _predictor(model)
+    ds = read_frame_dataset(pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size,
+                            segment_labels=True, deterministic=True)  # fmt: skip
+    ids, scores, labels, weights = [], [], [], []
+    with data_errors():
+        for batch in ds:
+            frames, counts = _fit_frames(batch["frames"], batch["num_frames"], max_frames)
+            scores.append(predict({"frames": frames, "num_frames": counts}).numpy())
+            ids += [f"{v.decode()}:{s}" for v, s in zip(batch["id"].numpy(), batch["segment_start"].numpy())]
+            labels.append(batch["labels"].numpy())
+            weights.append(batch["label_weights"].numpy())
+    if not ids:
+        raise ValueError(f"no rated segment in {pattern!r}: segment evaluation needs 2019-style segment-rated data")
+    return ids, np.concatenate(scores), np.concatenate(labels), np.concatenate(weights)
+
+
+def evaluate_segments(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64) -> dict:
+    """The Kaggle 2019 segment MAP@100000 over the rated segments (only rated classes are ranked)."""
+    from yt8m.segment_metrics import segment_map
+
+    ids, scores, labels, weights = rated_segment_predictions(
+        model, pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size
+    )
+    truth: dict[int, dict[str, float]] = {}
+    for row, col in zip(*np.nonzero(weights)):
+        truth.setdefault(int(col), {})[ids[row]] = float(labels[row, col])
+    order = {c: [ids[i] for i in np.argsort(-scores[:, c], kind="stable")] for c in truth}
+    return segment_map(truth, order)
+
+
+def all_segment_predictions(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64):
+    """(segment ids, predictions [S, C]) for every 5-frame chunk (starts 0, 5, 10, ...) of every video, as the
+    official segment inference cuts them (the last partial chunk zero-padded)."""
+    from yt8m.constants import SEGMENT_FRAMES
+
+    predict = _predictor(model)
+    ds = read_frame_dataset(pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size,
+                            deterministic=True)  # fmt: skip
+    chunks = -(-max_frames // SEGMENT_FRAMES)
+    ids, scores = [], []
+    with data_errors():
+        for batch in ds:
+            frames = tf.pad(batch["frames"], [[0, 0], [0, chunks * SEGMENT_FRAMES - max_frames], [0, 0]])
+            frames = tf.reshape(frames, [-1, SEGMENT_FRAMES, frames.shape[-1]])
+            starts = np.arange(chunks) * SEGMENT_FRAMES
+            real = np.clip(batch["num_frames"].numpy()[:, None] - starts[None, :], 0, SEGMENT_FRAMES).reshape(-1)
+            keep = np.flatnonzero(real > 0)
+            segment_frames, counts = _fit_frames(tf.gather(frames, keep), tf.constant(real[keep], tf.int32), max_frames)
+            scores.append(predict({"frames": segment_frames, "num_frames": counts}).numpy())
+            videos = [v.decode() for v in batch["id"].numpy()]
+            ids += [f"{videos[i // chunks]}:{starts[i % chunks]}" for i in keep]
+    return ids, np.concatenate(scores)

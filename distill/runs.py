@@ -32,13 +32,13 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
     if not os.path.exists(os.path.join(path, "config.yaml")):
         raise FileNotFoundError(f"{path} is neither a run directory (config.yaml) nor a converted student")
     config = load_train_config(path)
-    models = build_models(config)
-    checkpoint = restore_models(models, path)
     if which == "auto":
-        which = "student" if models.student is not None else "teacher"
+        which = "student" if config.student is not None and config.mode != "teacher" else "teacher"
+    models = build_models(config, only=which)
     model = getattr(models, which)
     if model is None:
         raise ValueError(f"{path} ({config.mode} run) has no {which}")
+    checkpoint = restore_models(models, path)
     return LoadedModel(model, config.num_classes, config.data.max_frames, f"{which} of {path} ({checkpoint})")
 
 

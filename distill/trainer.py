@@ -24,7 +24,7 @@ from distill.config import TrainConfig, load_train_config, save_train_config
 from distill.distiller import Distiller
 from students.student import RepresentationProjection, build_student
 from teachers.registry import build_model
-from yt8m.readers import read_frame_dataset
+from yt8m.readers import list_files, read_frame_dataset
 
 CHECKPOINTS = "checkpoints"
 BEST = os.path.join(CHECKPOINTS, "best")
@@ -77,10 +77,13 @@ class Models:
         return tf.train.Checkpoint(**parts, **extra)
 
 
-def build_models(config: TrainConfig) -> Models:
-    """The teacher and/or student of a run, and the L_REP projection when their widths differ."""
-    teacher = build_model(config.teacher, name="teacher") if config.teacher is not None and config.mode != "student" else None
-    student = build_student(config.student) if config.student is not None and config.mode != "teacher" else None
+def build_models(config: TrainConfig, *, only: str = "") -> Models:
+    """The teacher and/or student of a run, and the L_REP projection when their widths differ; `only`
+    ("teacher" or "student") builds just that one."""
+    with_teacher = config.teacher is not None and config.mode != "student" and only != "student"
+    with_student = config.student is not None and config.mode != "teacher" and only != "teacher"
+    teacher = build_model(config.teacher, name="teacher") if with_teacher else None
+    student = build_student(config.student) if with_student else None
     projection = None
     if teacher is not None and student is not None and config.loss.rep > 0:
         t_width = teacher.output["representation"].shape[-1]
@@ -159,6 +162,18 @@ class _NaNGuard(keras.callbacks.Callback):
             self.bad = bad
 
 
+class _StepLimit(keras.callbacks.Callback):
+    """Stops training after the batch that reaches `steps` (Keras then ends the epoch, which checkpoints)."""
+
+    def __init__(self, optimizer, steps: int):
+        super().__init__()
+        self.optimizer, self.steps = optimizer, steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.optimizer.iterations.numpy()) >= self.steps:
+            self.model.stop_training = True
+
+
 class _Checkpointer(keras.callbacks.Callback):
     """Every `checkpoint_every` steps (one Keras epoch): save; every `eval_every`: evaluate and keep the best."""
 
@@ -172,7 +187,7 @@ class _Checkpointer(keras.callbacks.Callback):
         step = int(self.run.optimizer.iterations.numpy())
         self.run.manager.save(checkpoint_number=step)
         every = self.run.config.eval_every
-        if self.run.config.data.eval and every and step % every < self.run.config.checkpoint_every:
+        if self.run.config.data.eval and every and (step % every < self.run.config.checkpoint_every):
             self.run.evaluate_and_keep_best(step)
 
 
@@ -204,6 +219,9 @@ class Run:
                     f"{run_dir} was started with another configuration; resume it with its own config.yaml "
                     "(only --steps may change)"
                 )
+        for pattern in (config.data.train, config.data.eval):
+            if pattern:
+                list_files(pattern)  # a data pattern that matches nothing fails before the run directory exists
         os.makedirs(run_dir, exist_ok=True)
         if self.is_chief:
             save_train_config(config, run_dir)
@@ -234,29 +252,36 @@ class Run:
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         self.nan_guard = _NaNGuard()
+        self.last_eval_step = -1
 
     @property
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
     def train(self, *, progress: bool = True) -> dict:
+        """Trains to exactly `config.steps` steps, checkpointing every `checkpoint_every` (and at the end)."""
         config = self.config
-        interval = min(config.checkpoint_every, config.steps)
-        epochs = math.ceil(config.steps / interval)
-        start_epoch = self.step // interval
-        if start_epoch >= epochs:
+        if self.step >= config.steps:
             return self.summary()
+        interval = config.checkpoint_every
+        dataset = _train_dataset(config)  # fit distributes it over the strategy the models were built under
         callbacks = [
             self.nan_guard,
+            _StepLimit(self.optimizer, config.steps),
             _Checkpointer(self),
             keras.callbacks.TensorBoard(os.path.join(self.run_dir, "logs"), update_freq=max(1, interval // 10)),
         ]
         if progress:
-            callbacks.append(_Progress(epochs * interval, start_epoch * interval))
-        dataset = _train_dataset(config)  # fit distributes it over the strategy the models were built under
+            callbacks.append(_Progress(config.steps, self.step))
         started = time.perf_counter()
+        # one Keras epoch = one checkpoint interval; _StepLimit ends the run at exactly config.steps
         self.distiller.fit(
-            dataset, epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=interval, callbacks=callbacks, verbose=0
+            dataset,
+            epochs=math.ceil(config.steps / interval) + 1,
+            initial_epoch=self.step // interval,
+            steps_per_epoch=interval,
+            callbacks=callbacks,
+            verbose=0,
         )
         if getattr(self.nan_guard, "bad", None):
             last = self.manager.latest_checkpoint or "none yet"
@@ -265,7 +290,7 @@ class Run:
                 f"last good checkpoint is kept ({last}). Lower the learning rate or the loss weights, then --resume"
             )
         self._write_line("train.jsonl", {"step": self.step, "seconds": time.perf_counter() - started})
-        if config.data.eval and (not config.eval_every or self.step % config.eval_every):
+        if config.data.eval and self.last_eval_step != self.step:
             self.evaluate_and_keep_best(self.step)
         if config.average_last > 1:
             self.average_checkpoints(config.average_last)
@@ -296,6 +321,8 @@ class Run:
 
     def evaluate_and_keep_best(self, step: int, tag: str = "") -> dict:
         from distill.evaluate import evaluate_model
+
+        self.last_eval_step = step
 
 
         model = self.models.student if self.models.student is not None else self.models.teacher

@@ -73,6 +73,18 @@ def student_config(
     return StudentConfig(dataclasses.replace(model, **changes), policy=policy, seed=seed)
 
 
+def width_for_parameters(base: ModelConfig, *, k: int, fraction: float, num_classes: int | None = None) -> float:
+    """The width factor whose student (at k frames) has about `fraction` of the parameters of `base` at its own
+    size (bisection on the built models' parameter counts)."""
+    target = fraction * build_model(base).count_params()
+    low, high = 0.01, 1.0
+    for _ in range(12):
+        middle = (low + high) / 2
+        count = build_model(student_config(base, k=k, width=middle, num_classes=num_classes).model).count_params()
+        low, high = (middle, high) if count < target else (low, middle)
+    return round((low + high) / 2, 3)
+
+
 def build_student(config: StudentConfig, name: str = "student") -> keras.Model:
     """Whole video in, k selected frames through the backbone, {"predictions", "representation"} out."""
     from yt8m.constants import FEATURE_SIZE

@@ -149,17 +149,23 @@ def config_to_dict(config: ModelConfig) -> dict:
     return {"family": config.family, **dataclasses.asdict(config)}
 
 
+def from_fields(cls, data: dict, what: str):
+    """`cls(**data)`, with a clear error naming `what` and the options it does not know."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: expected a mapping of options, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown option(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
 def config_from_dict(data: dict) -> ModelConfig:
     data = dict(data)
     family = data.pop("family", None)
     if family not in CONFIG_CLASSES:
         raise ValueError(f"unknown model family {family!r}; choose one of {sorted(CONFIG_CLASSES)}")
-    cls = CONFIG_CLASSES[family]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{family}: unknown option(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
+    return from_fields(CONFIG_CLASSES[family], data, family)
 
 
 def save_config(config: ModelConfig, path: str) -> None:

@@ -21,6 +21,7 @@ COMMANDS = {
     "finetune": "finetune",
     "eval": "eval",
     "predict": "predict",
+    "experiment": "experiment",
     "demo": "demo",
     "bench-data": "bench_data",
 }
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _training_errors() -> tuple[type[Exception], ...]:
+    """distill.trainer.TrainingError (a NaN loss, a resume with another config) when a command imported it; looked up
+    only when an exception propagates, so that the command line does not import TensorFlow."""
+    trainer = sys.modules.get("distill.trainer")
+    return (trainer.TrainingError,) if trainer is not None else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
     args = build_parser().parse_args(argv)
@@ -48,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.handler_(args) or 0)
-    except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileExistsError, FileNotFoundError, *_training_errors()) as e:
         print(f"vidistill {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

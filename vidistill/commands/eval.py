@@ -1,5 +1,5 @@
 """Evaluate a run (its student, or --which teacher) or a converted student on labeled frame-level records:
-Hit@1, PERR, GAP@20, mAP."""
+Hit@1, PERR, GAP@20, mAP; with --segments the Kaggle 2019 segment MAP on segment-rated records."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ HELP = "evaluate a run or a converted student: Hit@1, PERR, GAP, mAP"
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="run directory or converted student directory")
     parser.add_argument("--data", required=True, help="labeled frame-level records (glob)")
+    parser.add_argument("--segments", action="store_true", help="segment MAP on 2019-style segment-rated records")
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true")
@@ -19,11 +20,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tabulate import tabulate
 
-    from distill.evaluate import evaluate_model
+    from distill.evaluate import evaluate_model, evaluate_segments
     from distill.runs import load_model
 
     loaded = load_model(args.model, args.which)
-    result = evaluate_model(
+    evaluate = evaluate_segments if args.segments else evaluate_model
+    result = evaluate(
         loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,
         batch_size=args.batch_size,
     )  # fmt: skip

@@ -1,5 +1,6 @@
 """Predict with a run or a converted student and write the official video-level CSV
-(VideoId,LabelConfidencePairs, top 20); `vidistill score` of that CSV agrees with `vidistill eval`."""
+(VideoId,LabelConfidencePairs, top 20), or with --segments the Kaggle 2019 segment CSV (Class,Segments: every
+5-frame chunk of every video, ranked per class); `vidistill score` of that CSV agrees with `vidistill eval`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", help="run directory or converted student directory")
     parser.add_argument("--data", required=True, help="frame-level records (glob)")
     parser.add_argument("--out", required=True, help="CSV to write")
+    parser.add_argument("--segments", action="store_true", help="write the Class,Segments CSV")
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
 
@@ -22,6 +24,17 @@ def run(args) -> int:
     from yt8m.submission import write_video_predictions
 
     loaded = load_model(args.model, args.which)
+    if args.segments:
+        from distill.evaluate import all_segment_predictions
+        from yt8m.submission import write_segment_predictions
+
+        ids, scores = all_segment_predictions(
+            loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,
+            batch_size=args.batch_size,
+        )  # fmt: skip
+        write_segment_predictions(args.out, ids, scores)
+        print(f"wrote segment predictions for {len(ids)} segments to {args.out}")
+        return 0
     ids, scores = [], []
     for batch_ids, batch_scores, _ in predictions(
         loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,

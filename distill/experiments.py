@@ -1,0 +1,204 @@
+"""The paper's Table 1 on our synthetic benchmark: one command trains and evaluates every row.
+
+Rows: the teacher skyline (all frames); students without distillation for each selection policy (Uniform-k,
+Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k); parallel and serial students with L_REP,
+L_REP + L_CE and L_REP + L_PRED + L_CE; one VLAD-family row (teacher, Uniform-30, distilled-30) and one narrow
+student (a quarter of the teacher's parameters at k = 30). Each cell is a run directory under OUT/runs/; a cell
+whose results exist is not trained again, so a killed experiment continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from distill.config import DataConfig, OptimizerConfig, TrainConfig
+from distill.losses import LossWeights
+from students.student import student_config, width_for_parameters
+from teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig
+from teachers.registry import build_model
+
+POLICY_ROWS = {"uniform": "Uniform-k", "random": "Random-k", "first": "First-k", "middle": "Middle-k",
+               "last": "Last-k", "fml": "First-Middle-Last-k"}  # fmt: skip
+LOSS_ROWS = {  # name -> student loss weights (L_CE, L_REP, L_PRED)
+    "L_rep": LossWeights(ce=0.0, rep=0.01, pred=0.0),
+    "L_rep, L_CE": LossWeights(ce=1.0, rep=0.01, pred=0.0),
+    "L_rep, L_pred, L_CE": LossWeights(ce=1.0, rep=0.01, pred=1.0),
+}
+
+
+@dataclass
+class Table1Config:
+    """Sizes chosen so that the whole table trains in under an hour on 2 cores (see docs/EXPERIMENTS.md)."""
+
+    classes: int = 25
+    videos: int = 2000
+    heldout: int = 500
+    min_frames: int = 60
+    max_frames: int = 120
+    seed: int = 0
+    ks: tuple[int, ...] = (6, 10, 15, 20, 30)
+    policies: tuple[str, ...] = tuple(POLICY_ROWS)
+    losses: tuple[str, ...] = tuple(LOSS_ROWS)
+    teacher_steps: int = 800
+    student_steps: int = 400
+    batch_size: int = 32
+    cells: int = 128
+    chunks: int = 8  # of 15 frames, like the paper's 20 chunks of 15 at 300 frames
+    learning_rate: float = 2e-3
+    vlad_row: bool = True
+    narrow_row: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls) -> Table1Config:
+        """A miniature that runs in about a minute (the tests run it)."""
+        return cls(classes=4, videos=48, heldout=16, min_frames=30, max_frames=40, ks=(6,), policies=("uniform", "first"),
+                   losses=("L_rep, L_pred, L_CE",), teacher_steps=6, student_steps=4, batch_size=8, cells=8,
+                   chunks=4)  # fmt: skip
+
+
+def _teacher(config: Table1Config) -> HLSTMConfig:
+    return HLSTMConfig(num_classes=config.classes, frames=config.max_frames, chunks=config.chunks,
+                       lower_cells=config.cells, upper_cells=config.cells, lower_layers=1, upper_layers=1)  # fmt: skip
+
+
+def _vlad_teacher(config: Table1Config) -> NetVLADConfig:
+    return NetVLADConfig(num_classes=config.classes, frames=config.max_frames, clusters=16, hidden=config.cells * 2,
+                         head=HeadConfig(kind="moe", mixtures=2))  # fmt: skip
+
+
+class Table1:
+    def __init__(self, config: Table1Config, out_dir: str, progress: bool = True):
+        self.config, self.out_dir, self.progress = config, out_dir, progress
+        self.data_dir = os.path.join(out_dir, "data")
+        self.results_path = os.path.join(out_dir, "results.json")
+        self.results: dict = json.load(open(self.results_path)) if os.path.exists(self.results_path) else {}
+
+    # ---------------------------------------------------------------------------------------------- running
+    def run(self) -> dict:
+        os.makedirs(self.out_dir, exist_ok=True)
+        self._data()
+        c = self.config
+        teacher = _teacher(c)
+        teacher_run = self._train("teacher", TrainConfig(mode="teacher", teacher=teacher), c.teacher_steps)
+        for k in c.ks:
+            for policy in c.policies:
+                self._train(f"student/{policy}/k{k}", TrainConfig(mode="student", student=student_config(teacher, k=k, policy=policy)))
+            for name in c.losses:
+                loss = LOSS_ROWS[name]
+                student = student_config(teacher, k=k)
+                self._train(f"parallel/{name}/k{k}", TrainConfig(mode="parallel", teacher=teacher, student=student, loss=loss))
+                self._train(f"serial/{name}/k{k}", TrainConfig(mode="serial", teacher=teacher, student=student, loss=loss,
+                                                               teacher_run=teacher_run))  # fmt: skip
+        k = max(c.ks)
+        if c.vlad_row:
+            vlad = _vlad_teacher(c)
+            vlad_run = self._train("vlad/teacher", TrainConfig(mode="teacher", teacher=vlad), c.teacher_steps)
+            student = student_config(vlad, k=k)
+            self._train(f"vlad/uniform/k{k}", TrainConfig(mode="student", student=student))
+            self._train(f"vlad/serial/k{k}", TrainConfig(mode="serial", teacher=vlad, student=student, teacher_run=vlad_run,
+                                                         loss=LOSS_ROWS["L_rep, L_pred, L_CE"]))  # fmt: skip
+        if c.narrow_row:
+            narrow = student_config(teacher, k=k, width=width_for_parameters(teacher, k=k, fraction=0.25))
+            self._train(f"narrow/serial/k{k}", TrainConfig(mode="serial", teacher=teacher, student=narrow, teacher_run=teacher_run,
+                                                           loss=LOSS_ROWS["L_rep, L_pred, L_CE"]))  # fmt: skip
+            self._train(f"narrow/uniform/k{k}", TrainConfig(mode="student", student=narrow))
+        self.write_report()
+        return self.results
+
+    def _data(self) -> None:
+        from yt8m.synthetic import SynthConfig, write_dataset
+
+        if os.path.exists(os.path.join(self.data_dir, "synth.yaml")):
+            return
+        c = self.config
+        write_dataset(SynthConfig(videos=c.videos, heldout=c.heldout, classes=c.classes, seed=c.seed,
+                                  min_frames=c.min_frames, max_frames=c.max_frames, shards=4),
+                      self.data_dir, progress=self.progress)  # fmt: skip
+
+    def _train(self, name: str, config: TrainConfig, steps: int | None = None) -> str:
+        from distill.trainer import Run
+
+        run_dir = os.path.join(self.out_dir, "runs", name.replace(", ", "+").replace(" ", ""))
+        if name in self.results:
+            return run_dir
+        c = self.config
+        config.data = DataConfig(train=os.path.join(self.data_dir, "train-*.tfrecord"),
+                                 eval=os.path.join(self.data_dir, "validate-*.tfrecord"),
+                                 max_frames=c.max_frames, batch_size=c.batch_size, eval_batch_size=128)  # fmt: skip
+        config.optimizer = OptimizerConfig(learning_rate=c.learning_rate, decay_steps=max(steps or c.student_steps, 1))
+        config.steps = steps or c.student_steps
+        config.checkpoint_every = config.steps
+        config.eval_every = 0
+        config.seed = c.seed
+        if os.path.exists(run_dir):
+            import shutil
+
+            shutil.rmtree(run_dir)  # an unfinished cell from a killed experiment
+        started = time.perf_counter()
+        run = Run(config, run_dir)
+        summary = run.train(progress=False)
+        model_config = config.student.model if config.student else config.teacher
+        self.results[name] = {
+            **{key: summary["last_eval"][key] for key in ("gap", "map", "hit_at_one", "perr")},
+            "parameters": build_model(model_config).count_params(),
+            "frames": model_config.frames,
+            "seconds": round(time.perf_counter() - started, 1),
+            "steps": config.steps,
+        }
+        self._save()
+        if self.progress:
+            r = self.results[name]
+            print(f"{name:40s} GAP {r['gap']:.3f}  mAP {r['map']:.3f}  ({r['seconds']:.0f} s)", flush=True)
+        return run_dir
+
+    def _save(self) -> None:
+        tmp = self.results_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.results, f, indent=1)
+        os.replace(tmp, self.results_path)
+
+    # ---------------------------------------------------------------------------------------------- report
+    def table(self) -> str:
+        """The results in the paper's layout: GAP / mAP per k."""
+        c, r = self.config, self.results
+        header = "| model | " + " | ".join(f"k={k}" for k in c.ks) + " |\n|---|" + "---|" * len(c.ks) + "\n"
+
+        def cell(name):
+            return f"{r[name]['gap']:.3f} / {r[name]['map']:.3f}" if name in r else ""
+
+        rows = []
+        if "teacher" in r:
+            rows.append(f"| Teacher-Skyline (all frames) | " + " | ".join([""] * (len(c.ks) - 1) + [cell("teacher")]) + " |")
+        for policy in c.policies:
+            rows.append(f"| {POLICY_ROWS[policy]} | " + " | ".join(cell(f"student/{policy}/k{k}") for k in c.ks) + " |")
+        for mode in ("parallel", "serial"):
+            for loss in c.losses:
+                rows.append(f"| {mode.capitalize()} {loss} | " + " | ".join(cell(f"{mode}/{loss}/k{k}") for k in c.ks) + " |")
+        extra = []
+        k = max(c.ks)
+        for name, label in ((f"vlad/teacher", "NetVLAD teacher (all frames)"), (f"vlad/uniform/k{k}", f"NetVLAD Uniform-{k}"),
+                            (f"vlad/serial/k{k}", f"NetVLAD serial L_rep, L_pred, L_CE, k={k}"),
+                            (f"narrow/uniform/k{k}", f"H-LSTM narrow (1/4 of the parameters) Uniform-{k}"),
+                            (f"narrow/serial/k{k}", f"H-LSTM narrow (1/4 of the parameters) serial L_rep, L_pred, L_CE, k={k}")):  # fmt: skip
+            if name in r:
+                extra.append(f"| {label} | {r[name]['gap']:.3f} | {r[name]['map']:.3f} | {r[name]['parameters']:,} |")
+        text = header + "\n".join(rows) + "\n"
+        if extra:
+            text += "\n| other rows | GAP | mAP | parameters |\n|---|---|---|---|\n" + "\n".join(extra) + "\n"
+        if "teacher" in r:
+            text += f"\nTeacher parameters: {r['teacher']['parameters']:,}.\n"
+        return text
+
+    def write_report(self) -> str:
+        path = os.path.join(self.out_dir, "table1.md")
+        total = sum(v["seconds"] for v in self.results.values())
+        with open(path, "w") as f:
+            f.write(self.table())
+            f.write(f"\nTraining and evaluation time of all cells: {total / 60:.1f} min.\n")
+            f.write("\nConfiguration: " + json.dumps(dataclasses.asdict(self.config)) + "\n")
+        return path
