@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
+from distill.losses import cross_entropy
 from yt8m.metrics import VideoMetrics
 from yt8m.readers import data_errors, read_frame_dataset
 
@@ -45,10 +46,10 @@ def evaluate_model(
         model, pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, max_videos=max_videos
     ):
         metrics.accumulate(scores, labels)
-        p = np.clip(scores, 0.0, 1.0)
-        losses.append(-(labels * np.log(p + 1e-5) + (1 - labels) * np.log(1 - p + 1e-5)).sum(1))
+        losses.append((float(cross_entropy(labels, scores)), len(labels)))  # the training loss, batch mean
     result = metrics.result()
-    result["loss"] = float(np.concatenate(losses).mean()) if losses else 0.0
+    videos = sum(n for _, n in losses)
+    result["loss"] = sum(loss * n for loss, n in losses) / videos if videos else 0.0
     return result
 
 

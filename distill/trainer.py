@@ -22,6 +22,7 @@ import tf_keras as keras
 
 from distill.config import TrainConfig, load_train_config, save_train_config
 from distill.distiller import Distiller
+from students.convert import load_student_weights
 from students.student import RepresentationProjection, build_student
 from teachers.registry import build_model
 from yt8m.readers import list_files, read_frame_dataset
@@ -231,7 +232,7 @@ class Run:
             if config.mode == "serial":
                 restore_models(Models(self.models.teacher, None, None), config.teacher_run)
             if config.init_student:
-                _load_student_weights(self.models.student, config.init_student)
+                load_student_weights(self.models.student, config.init_student)
             self.optimizer = _optimizer(config)
             self.distiller = Distiller(
                 config.mode,
@@ -365,9 +366,3 @@ def _best_gap(run_dir: str) -> float | None:
         return None
     gaps = [json.loads(line)["gap"] for line in open(path) if line.strip()]
     return max(gaps) if gaps else None
-
-
-def _load_student_weights(student: keras.Model, student_dir: str) -> None:
-    from students.convert import load_student_weights
-
-    load_student_weights(student, student_dir)
