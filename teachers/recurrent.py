@@ -25,6 +25,9 @@ class StackedRNN(keras.layers.Layer):
     def __init__(self, cells: int, layers: int, cell: str = "lstm", **kwargs):
         super().__init__(**kwargs)
         self.cells, self.num_layers, self.cell = cells, layers, cell
+        # Export only: trace without the mask, so that tf2onnx emits fused LSTM/GRU nodes (a masked Keras RNN
+        # becomes a Loop); export/ then sets those nodes' sequence_lens from num_frames, which is equivalent.
+        self.ignore_mask = False
         rnn = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
         self.rnns = [
             rnn(cells, return_sequences=i < layers - 1, return_state=True, name=f"{cell}_{i}") for i in range(layers)
@@ -36,6 +39,8 @@ class StackedRNN(keras.layers.Layer):
 
     def call(self, sequence, mask=None):
         states = []
+        if self.ignore_mask:
+            mask = None
         for rnn in self.rnns:
             output, *final = rnn(sequence, mask=mask)
             if self.cell == "lstm":

@@ -21,9 +21,11 @@ COMMANDS = {
     "finetune": "finetune",
     "eval": "eval",
     "predict": "predict",
+    "export": "export",
     "experiment": "experiment",
     "demo": "demo",
     "bench-data": "bench_data",
+    "bench": "bench",
 }
 
 

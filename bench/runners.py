@@ -1,0 +1,286 @@
+"""Runners: one model on one provider, created, run, closed. OnnxRunner (ONNX Runtime) and SavedModelRunner
+(TensorFlow, imported only when a SavedModel is run), plus which provider ran each node (ORT profiling).
+
+Provider names on the command line: cpu, cuda, tensorrt. What really loaded is read back from the session
+(`get_providers()`): onnxruntime-gpu lists CUDA among the available providers on a machine without a GPU, then
+creates the session on CPU alone. A session whose first provider is not the one asked for raises
+ProviderUnavailable rather than timing the wrong thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from bench.system import gpu_present
+
+EXECUTION_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+# float32 on CUDA means float32: no TF32 tensor-core rounding, so an fp32 file passes parity against CPU and the
+# fp32 MatMul peak is a true fp32 peak (fp16 files and the fp16 peak are there for the tensor cores).
+PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+PROVIDER_NAMES = tuple(EXECUTION_PROVIDERS)
+GPU_PROVIDERS = ("cuda", "tensorrt")
+LOG_ERRORS_ONLY = 3
+
+
+class ProviderUnavailable(RuntimeError):
+    """The provider asked for did not load (no GPU, missing CUDA / TensorRT libraries)."""
+
+
+class BatchUnsupported(ValueError):
+    """The model cannot take this input shape (a static batch or frames dimension)."""
+
+
+def parse_providers(spec: str) -> list[str]:
+    """'cpu,cuda' -> ['cpu', 'cuda']; 'auto' -> ['auto']. Unknown names raise ValueError listing the valid ones."""
+    names = [p.strip().lower() for p in spec.split(",") if p.strip()]
+    if names == ["auto"]:
+        return names
+    unknown = [p for p in names if p not in EXECUTION_PROVIDERS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown provider {', '.join(map(repr, unknown)) or repr(spec)}: "
+            f"choose from {', '.join(PROVIDER_NAMES)} (comma-separated), or auto"
+        )
+    return list(dict.fromkeys(names))
+
+
+_gpu_prepared = False
+
+
+def prepare_gpu() -> None:
+    """onnxruntime.preload_dlls() once, before the first CUDA session, where there is a GPU (it loads CUDA and cuDNN
+    from the nvidia-* pip packages); harmless when it finds nothing."""
+    global _gpu_prepared
+    if _gpu_prepared:
+        return
+    _gpu_prepared = True
+    if gpu_present() and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - missing pip packages: the session creation says what is missing
+            pass
+
+
+def session_options(threads: int, *, profile_prefix: str | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = LOG_ERRORS_ONLY
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def create_session(model, provider: str, threads: int, *, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """A session on `provider` (a path or serialized bytes); ProviderUnavailable if that provider did not load."""
+    if provider in GPU_PROVIDERS:
+        prepare_gpu()
+    wanted = EXECUTION_PROVIDERS[provider]
+    providers = [(name, PROVIDER_OPTIONS[name]) if name in PROVIDER_OPTIONS else name for name in wanted]
+    session = ort.InferenceSession(model, session_options(threads, profile_prefix=profile_prefix), providers=providers)
+    loaded = session.get_providers()
+    if not loaded or loaded[0] != wanted[0]:
+        raise ProviderUnavailable(f"{wanted[0]} did not load (the session runs on {', '.join(loaded)})")
+    return session
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def probe_provider(provider: str) -> str | None:
+    """None when a session on `provider` really loads and runs, else why not (one line)."""
+    if provider == "cpu":
+        return None
+    if not gpu_present():
+        return "no NVIDIA GPU on this machine"
+    ort.set_default_logger_severity(4)  # the failed library load is reported below, in one line
+    try:
+        session = create_session(_probe_model(), provider, 1)
+        session.run(None, {"x": np.ones([2, 2], np.float32)})
+    except Exception as e:  # noqa: BLE001
+        return first_line(e)
+    finally:
+        ort.set_default_logger_severity(2)  # ORT's default (warnings)
+    return None
+
+
+def first_line(error: BaseException, limit: int = 240) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class OnnxRunner:
+    kind = "onnx"
+
+    @staticmethod
+    def prepare(threads: int) -> None:
+        """Nothing to do: onnxruntime is imported with this module."""
+
+    def __init__(self, path: str, provider: str, threads: int):
+        self.provider = provider
+        self.session = create_session(path, provider, threads)
+        self.providers = self.session.get_providers()
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def modes(self) -> list[str]:
+        """'run': session.run with numpy in and out (host copies included); 'iobinding' on a GPU: inputs already
+        on the device, outputs left there."""
+        return ["run", "iobinding"] if self.provider in GPU_PROVIDERS else ["run"]
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        for arg in self.session.get_inputs():
+            if arg.name not in inputs:
+                raise ValueError(f"the model's input {arg.name!r} is not in the model card ({sorted(inputs)})")
+            shape = inputs[arg.name].shape
+            for axis, (static, given) in enumerate(zip(arg.shape, shape)):
+                if isinstance(static, int) and static != given:
+                    what = "batch" if axis == 0 else f"dimension {axis}"
+                    raise BatchUnsupported(
+                        f"input {arg.name} has a static {what} of {static}: cannot take {given} ({list(shape)})"
+                    )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, inputs)))
+
+    def bound(self, input_sets: list[dict[str, np.ndarray]]) -> Callable[[int], None]:
+        """run(i) with IO binding: every input set copied to the GPU once, outputs bound to the GPU."""
+        keep, bindings = [], []
+        for inputs in input_sets:
+            binding = self.session.io_binding()
+            for name, array in inputs.items():
+                value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
+                keep.append(value)
+                binding.bind_ortvalue_input(name, value)
+            for name in self.output_names:
+                binding.bind_output(name, "cuda", 0)
+            bindings.append(binding)
+
+        def run(i: int) -> None:
+            binding = bindings[i % len(bindings)]
+            self.session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        run.keep = keep  # the device copies live as long as the function
+        return run
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _configure_tensorflow(threads: int):
+    import tensorflow as tf
+
+    try:  # only possible before TensorFlow's runtime starts; afterwards the report shows what it has
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    return tf
+
+
+class SavedModelRunner:
+    """A TF SavedModel's "serving_default" signature, called with tensors made from the numpy inputs and returning
+    numpy (the host copies included, like OnnxRunner's 'run' mode)."""
+
+    kind = "tf"
+
+    @staticmethod
+    def prepare(threads: int) -> None:
+        """Import and configure TensorFlow before anything is timed or measured, so that neither the import's
+        seconds nor its memory count as loading the model (ONNX Runtime is imported before too)."""
+        _configure_tensorflow(threads)
+
+    def __init__(self, path: str, provider: str, threads: int):
+        if provider == "tensorrt":
+            raise ProviderUnavailable("TensorRT is an ONNX Runtime provider: a SavedModel runs on TF cpu or cuda")
+        tf = _configure_tensorflow(threads)
+        self._tf = tf
+        if provider == "cuda" and not tf.config.list_physical_devices("GPU"):
+            raise ProviderUnavailable("TensorFlow sees no GPU")
+        self.provider = provider
+        self.device = "/GPU:0" if provider == "cuda" else "/CPU:0"
+        with tf.device(self.device):
+            self._loaded = tf.saved_model.load(path)
+        if "serving_default" not in self._loaded.signatures:
+            raise ValueError(f"{path} has no 'serving_default' signature ({sorted(self._loaded.signatures)})")
+        self._serve = self._loaded.signatures["serving_default"]
+        intra = tf.config.threading.get_intra_op_parallelism_threads()
+        inter = tf.config.threading.get_inter_op_parallelism_threads()
+        self.providers = [f"TensorFlow {tf.__version__} {self.device} (intra-op {intra}, inter-op {inter})"]
+
+    modes = ["tf"]
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        _, kwargs = self._serve.structured_input_signature
+        missing = set(kwargs) - set(inputs)
+        if missing:
+            raise ValueError(f"the signature's inputs {sorted(missing)} are not in the model card")
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tf = self._tf
+        with tf.device(self.device):
+            outputs = self._serve(**{name: tf.constant(array) for name, array in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def close(self) -> None:
+        self._serve = self._loaded = None
+
+
+def parse_profile(events: list[dict], main_provider: str) -> dict:
+    """Which provider ran each node, from an ORT profile: {"nodes": {provider: count}, "fallbacks": count of nodes
+    not on `main_provider`'s device when that is a GPU provider, "fallback_ops": {op type: count}}."""
+    placed: dict[str, tuple[str, str]] = {}
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") == "Node" and "provider" in args:
+            name = event.get("name", "").removesuffix("_kernel_time")
+            placed[name] = (args["provider"], args.get("op_name", "?"))
+    nodes = Counter(provider for provider, _ in placed.values())
+    on_cpu = Counter(op for provider, op in placed.values() if provider == "CPUExecutionProvider")
+    fallback_ops = dict(on_cpu) if main_provider != "CPUExecutionProvider" else {}
+    return {"nodes": dict(nodes), "fallbacks": sum(fallback_ops.values()), "fallback_ops": fallback_ops}
+
+
+def node_placement(path: str, provider: str, threads: int, inputs: dict[str, np.ndarray]) -> dict:
+    """Runs `inputs` once through a short extra session with profiling on, and parses which provider ran each node."""
+    with tempfile.TemporaryDirectory(prefix="vidistill-profile-") as tmp:
+        session = create_session(path, provider, threads, profile_prefix=os.path.join(tmp, "profile"))
+        session.run(None, inputs)
+        profile = session.end_profiling()
+        with open(profile) as f:
+            events = json.load(f)
+    return parse_profile(events, EXECUTION_PROVIDERS[provider][0])
+
+
+def placement_summary(placement: dict | None) -> tuple[str, int | None, str]:
+    """(nodes per provider, CPU fallbacks, fallback op types) as report cells."""
+    if not placement:
+        return "", None, ""
+    short = {p: p.removesuffix("ExecutionProvider") for p in placement["nodes"]}
+    nodes = ", ".join(f"{short[p]} {n}" for p, n in sorted(placement["nodes"].items(), key=lambda kv: -kv[1]))
+    ops = ", ".join(f"{op} x{n}" for op, n in sorted(placement["fallback_ops"].items(), key=lambda kv: -kv[1]))
+    return nodes, placement["fallbacks"], ops

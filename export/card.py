@@ -1,0 +1,129 @@
+"""The model card: a JSON file beside every exported ONNX file (DIR/<precision>.json) saying what the file is.
+
+It is the contract between export/ and bench/ (and any user's serving code): plain JSON, readable without
+TensorFlow. bench/ reads the inputs, frames, FLOPs, tolerance and accuracy from it, and finds the fp32 reference
+of a variant through `reference`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+CARD_VERSION = 1
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list  # ints, or names of dynamic axes ("batch")
+    dtype: str  # numpy dtype name: "float32", "int32"
+    description: str = ""
+
+
+@dataclass
+class Tolerance:
+    """How far a variant may be from the TF model (probabilities) and from fp32 (held-out GAP)."""
+
+    max_abs: float  # largest |p_onnx - p_tf| over all videos and classes
+    gap_drop: float  # largest allowed GAP(fp32 TF model) - GAP(this file), absolute (0.005 = half a GAP point)
+
+
+@dataclass
+class Parity:
+    videos: int
+    max_abs: float
+    max_rel: float  # max |a - b| / max(|b|, 1e-3) over probabilities
+    mean_abs: float
+    passed: bool
+
+
+@dataclass
+class Accuracy:
+    data: str  # the held-out file pattern
+    videos: int
+    hit_at_1: float
+    perr: float
+    gap: float
+    map: float
+    reference_gap: float | None = None  # the TF model's GAP on the same videos
+
+
+@dataclass
+class ModelCard:
+    precision: str  # fp32, fp16, bf16, int8-dynamic, int8-static, int8-qat
+    file: str  # the ONNX file's name, relative to the card
+    role: str  # "student" or "teacher"
+    family: str
+    frames: int  # T of the frames input: k for a student, the teacher's max frames for a teacher
+    selection: dict | None  # {"policy", "seed", "k"} for a student (applied by the Predictor), None: all frames
+    classes: int
+    feature_sizes: dict  # {"rgb": 1024, "audio": 128}
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameters: int
+    flops_per_video: int
+    file_bytes: int
+    opset: int
+    tolerance: Tolerance
+    reference: str | None = None  # the fp32 file this variant is compared with (None for fp32 itself)
+    parity: Parity | None = None
+    accuracy: Accuracy | None = None
+    model_config: dict = field(default_factory=dict)  # the backbone's ModelConfig as a dict
+    source: str = ""  # where the model came from (run or student directory)
+    notes: list[str] = field(default_factory=list)  # e.g. which ops were kept in float32
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    card_version: int = CARD_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelCard:
+        data = dict(data)
+        if data.get("card_version") != CARD_VERSION:
+            raise ValueError(f"model card version {data.get('card_version')!r} is not {CARD_VERSION}: re-export the model")
+        data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+        data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+        data["tolerance"] = Tolerance(**data["tolerance"])
+        for key, kind in (("parity", Parity), ("accuracy", Accuracy)):
+            if data.get(key) is not None:
+                data[key] = kind(**data[key])
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"model card has unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def card_path(onnx_path: str) -> str:
+    """DIR/int8-dynamic.onnx -> DIR/int8-dynamic.json."""
+    return os.path.splitext(onnx_path)[0] + ".json"
+
+
+def write_card(card: ModelCard, path: str) -> str:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(card.to_dict(), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_card(path: str) -> ModelCard:
+    """The card of an ONNX file (pass the .onnx or the .json path)."""
+    path = card_path(path) if path.endswith(".onnx") else path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no model card {path}: export the model with `vidistill export` (it writes one per file)")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model card {path} is not valid JSON ({e})") from None
+    try:
+        return ModelCard.from_dict(data)
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"model card {path}: {e}") from None

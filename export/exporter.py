@@ -1,0 +1,279 @@
+"""`export`: every requested precision of a model, each checked against the TF model and written with its card.
+
+For each precision: build the file under a temporary name, run it (ONNX Runtime, CPU) on the held-out videos next
+to the TF model, measure parity (max absolute and relative error on the probabilities) and accuracy (Hit@1,
+PERR, GAP, mAP), write the card, then rename both into place. A variant past its tolerance is kept, with
+`parity.passed: false` in its card, and reported: the command then exits non-zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import shutil
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import tensorflow as tf
+import yaml
+from tqdm import tqdm
+
+from export import onnx_export, precision, quantize
+from export.card import Accuracy, ModelCard, Parity, card_path, write_card
+from export.config import ONNX_PRECISIONS, TF_PRECISIONS, TOLERANCES, ExportConfig
+from export.errors import ExportError
+from export.predictor import Predictor, prepare_inputs
+from export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
+from export.source import ExportSource
+from teachers.registry import model_flops
+from yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, RGB_SIZE
+from yt8m.metrics import VideoMetrics
+from yt8m.readers import data_errors, read_frame_dataset
+
+# Below this many held-out videos a GAP difference is noise (its standard error is several points): accuracy is
+# still reported, but the GAP-drop tolerance is not applied (the card says so).
+MIN_ACCURACY_VIDEOS = 100
+
+
+class HeldOut:
+    """The videos every variant is checked on: whole videos (read again per variant, in the same order), the TF
+    model's probabilities on them (computed once) and their labels."""
+
+    def __init__(self, source: ExportSource, config: ExportConfig):
+        self.source, self.config = source, config
+        self.labeled = config.eval_data is not None
+        self.reference: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        model = source.full_model
+
+        @tf.function(reduce_retracing=True)
+        def predict(frames, num_frames):
+            return model({"frames": frames, "num_frames": num_frames}, training=False)["predictions"]
+
+        for frames, num_frames, labels in self.batches():
+            self.reference.append(predict(tf.constant(frames), tf.constant(num_frames)).numpy())
+            self.labels.append(labels)
+        if not self.reference:
+            raise ExportError(f"no videos in {config.eval_data}")
+        self.reference_metrics = _metrics(self.reference, self.labels, source.classes) if self.labeled else None
+
+    @property
+    def videos(self) -> int:
+        return sum(len(r) for r in self.reference)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(frames [B, T, 1152] whole videos, num_frames [B], labels [B, C] or None)."""
+        config = self.config
+        if not self.labeled:
+            rng = np.random.default_rng(config.seed)
+            t = max(self.source.frames, MAX_FRAMES if self.source.selection else self.source.frames)
+            for start in range(0, config.random_videos, config.batch_size):
+                b = min(config.batch_size, config.random_videos - start)
+                num_frames = rng.integers(1, t + 1, b).astype(np.int32)
+                frames = rng.uniform(-2, 2, (b, t, FEATURE_SIZE)).astype(np.float32)
+                frames[np.arange(t)[None, :] >= num_frames[:, None]] = 0
+                yield frames, num_frames, None
+            return
+        yield from _record_batches(config.eval_data, self.source, config.batch_size, config.eval_videos)
+
+
+def _record_batches(pattern: str, source: ExportSource, batch_size: int, max_videos: int = 0):
+    # a student selects from the whole video; a teacher sees its first `frames` frames, as in training
+    max_frames = max(MAX_FRAMES, source.frames) if source.selection else source.frames
+    ds = read_frame_dataset(pattern, num_classes=source.classes, max_frames=max_frames, batch_size=batch_size,
+                            deterministic=True)  # fmt: skip
+    if max_videos:
+        ds = ds.unbatch().take(max_videos).batch(batch_size)
+    with data_errors():
+        for batch in ds.as_numpy_iterator():
+            yield batch["frames"], batch["num_frames"], batch["labels"]
+
+
+def _metrics(predictions: list[np.ndarray], labels: list[np.ndarray], classes: int) -> dict:
+    metrics = VideoMetrics(classes)
+    for p, y in zip(predictions, labels):
+        metrics.accumulate(p, y)
+    return metrics.result()
+
+
+def _versions() -> dict:
+    import onnxruntime
+    import tf2onnx
+
+    return {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}  # fmt: skip
+
+
+class Exporter:
+    def __init__(self, source: ExportSource, out_dir: str, config: ExportConfig):
+        self.source, self.out_dir, self.config = source, out_dir, config
+        self.fp32: onnx.ModelProto | None = None
+        self.held_out: HeldOut | None = None
+        self.cards: list[ModelCard] = []
+
+    # -- the variants ------------------------------------------------------------------------------------------
+    def _onnx_variant(self, name: str) -> tuple[onnx.ModelProto, list[str], object]:
+        """(model, notes, TF reference model or None: the default reference)."""
+        if name == "fp32":
+            return self.fp32, [], None
+        if name in ("fp16", "bf16"):
+            available = _available_providers()
+            model, blocked, verified = precision.lower_precision_for(self.fp32, name, self.config.target,
+                                                                     available=available)  # fmt: skip
+            notes = [f"made for the {self.config.target} provider; ops kept in float32: {', '.join(sorted(blocked))}"]
+            if not verified:
+                notes.append(f"not loaded on {self.config.target} here (no such provider on the exporting machine)")
+            return model, notes, None
+        if name == "int8-dynamic":
+            return quantize.quantize_dynamic(self.fp32), ["MatMul -> MatMulInteger, LSTM -> DynamicQuantizeLSTM"], None
+        if name == "int8-static":
+            model, batches = quantize.quantize_static(self.fp32, self._calibration_inputs())
+            return model, [f"QDQ, symmetric int8, MinMax calibration on {batches} batches"], None
+        if name == "int8-qat":
+            return self._qat()
+        raise AssertionError(name)
+
+    def _calibration_inputs(self) -> Iterator[dict[str, np.ndarray]]:
+        pattern = self.config.calibration_data
+        card = self._provisional_card("fp32", "fp32.onnx")
+        batches = _record_batches(pattern, self.source, self.config.batch_size,
+                                  self.config.calibration_batches * self.config.batch_size)  # fmt: skip
+        for frames, num_frames, _ in batches:
+            yield prepare_inputs(card, frames, num_frames)
+
+    def _qat(self):
+        from export import qat
+
+        pattern = self.config.calibration_data
+        model = qat.quantize_aware(self.source.network)
+        card = self._provisional_card("fp32", "fp32.onnx")
+
+        def generator():
+            for frames, num_frames, labels in _record_batches(pattern, self.source, self.config.batch_size):
+                inputs = prepare_inputs(card, frames, num_frames)
+                yield {"frames": inputs["frames"], "num_frames": inputs["num_frames"]}, labels.astype(np.float32)
+
+        spec = ({"frames": tf.TensorSpec([None, self.source.frames, FEATURE_SIZE], tf.float32),
+                 "num_frames": tf.TensorSpec([None], tf.int32)},
+                tf.TensorSpec([None, self.source.classes], tf.float32))  # fmt: skip
+        dataset = tf.data.Dataset.from_generator(generator, output_signature=spec).repeat()
+        losses = qat.qat_finetune(model, dataset, steps=self.config.qat_steps,
+                                  learning_rate=self.config.qat_learning_rate)  # fmt: skip
+        proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)
+        notes = [f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
+                 f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}"]  # fmt: skip
+        return proto, notes, model
+
+    # -- checking ----------------------------------------------------------------------------------------------
+    def _provisional_card(self, name: str, file: str) -> ModelCard:
+        s = self.source
+        return ModelCard(
+            precision=name, file=file, role=s.role, family=s.config.family, frames=s.frames, selection=s.selection,
+            classes=s.classes, feature_sizes={"rgb": RGB_SIZE, "audio": AUDIO_SIZE}, inputs=s.inputs(),
+            outputs=s.outputs(), parameters=int(s.network.count_params()), flops_per_video=int(model_flops(s.config)),
+            file_bytes=0, opset=self.config.opset if name in ONNX_PRECISIONS else 0,
+            tolerance=TOLERANCES[name],
+            reference=None if name == "fp32" else "fp32.onnx", model_config=s.model_config(), source=s.origin,
+            versions=_versions(), created=datetime.datetime.now().isoformat(timespec="seconds"),
+        )  # fmt: skip
+
+    def _check(self, card: ModelCard, run, tf_reference) -> None:
+        """Parity against the TF model (or `tf_reference`, a network on the prepared inputs) and accuracy."""
+        held_out = self.held_out
+        max_abs = max_rel = total = 0.0
+        count = 0
+        predictions = []
+        for (frames, num_frames, _), reference in zip(held_out.batches(), held_out.reference):
+            inputs = prepare_inputs(card, frames, num_frames)
+            scores = run(inputs)["predictions"].astype(np.float32)
+            if tf_reference is not None:
+                reference = tf_reference(inputs, training=False)["predictions"].numpy()
+            error = np.abs(scores - reference)
+            max_abs = max(max_abs, float(error.max()))
+            max_rel = max(max_rel, float((error / np.maximum(np.abs(reference), 1e-3)).max()))
+            total += float(error.sum())
+            count += error.size
+            predictions.append(scores)
+        card.parity = Parity(videos=held_out.videos, max_abs=max_abs, max_rel=max_rel, mean_abs=total / max(count, 1),
+                             passed=max_abs <= card.tolerance.max_abs)  # fmt: skip
+        if held_out.labeled:
+            m = _metrics(predictions, held_out.labels, self.source.classes)
+            reference_gap = held_out.reference_metrics["gap"]
+            card.accuracy = Accuracy(data=self.config.eval_data, videos=held_out.videos, hit_at_1=m["hit_at_one"],
+                                     perr=m["perr"], gap=m["gap"], map=m["map"], reference_gap=reference_gap)  # fmt: skip
+            if held_out.videos < MIN_ACCURACY_VIDEOS:
+                card.notes.append(f"GAP drop not checked: {held_out.videos} held-out videos < {MIN_ACCURACY_VIDEOS}")
+            elif reference_gap - m["gap"] > card.tolerance.gap_drop:
+                card.parity.passed = False
+
+    # -- the whole export --------------------------------------------------------------------------------------
+    def run(self) -> list[ModelCard]:
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, "export.yaml"), "w") as f:
+            yaml.safe_dump({"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False)
+        self.held_out = HeldOut(self.source, self.config)
+        self.fp32 = onnx_export.convert(self.source.network, self.source.config, opset=self.config.opset)
+        for name in tqdm(self.config.precisions, desc="export", unit="variant"):
+            self.cards.append(self._export_one(name))
+        return self.cards
+
+    def _export_one(self, name: str) -> ModelCard:
+        final = os.path.join(self.out_dir, name if name in TF_PRECISIONS else f"{name}.onnx")
+        tmp = os.path.join(self.out_dir, f".{os.path.basename(final)}.tmp")
+        card = self._provisional_card(name, os.path.basename(final))
+        try:
+            if name in TF_PRECISIONS:
+                save_saved_model(self.source.network, self.source.frames, tmp, name)
+                runner = SavedModelRunner(tmp)
+                self._check(card, runner.run, None)
+                card.file_bytes = directory_bytes(tmp)
+                card.notes.insert(0, "TF SavedModel, signature 'serving_default' (same inputs as the ONNX files)")
+                if name == "tf-bf16":
+                    card.notes.append("weights frozen and stored as bfloat16, cast to float32 in the graph")
+                shutil.rmtree(final, ignore_errors=True)
+            else:
+                model, notes, tf_reference = self._onnx_variant(name)
+                onnx_export.save_model(model, tmp)
+                predictor = Predictor(tmp, card=card)
+                self._check(card, predictor.run, tf_reference)
+                card.file_bytes = os.path.getsize(tmp)
+                card.notes[:0] = notes
+            os.replace(tmp, final)
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.remove(tmp)
+        write_card(card, card_path(final))
+        return card
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers() if _has_gpu() else ["CPUExecutionProvider"]
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidia0")
+
+
+def export(source: ExportSource, out_dir: str, config: ExportConfig | None = None) -> list[ModelCard]:
+    """Writes DIR/<precision>.onnx (or DIR/tf-*/ SavedModels) and DIR/<precision>.json for each precision."""
+    return Exporter(source, out_dir, config or ExportConfig()).run()
+
+
+def summary_rows(cards: list[ModelCard]) -> list[dict]:
+    rows = []
+    for card in cards:
+        a, p = card.accuracy, card.parity
+        rows.append({
+            "precision": card.precision, "file": card.file, "MB": card.file_bytes / 1e6,
+            "max |err|": p.max_abs if p else None, "tolerance": card.tolerance.max_abs,
+            "GAP": a.gap if a else None, "mAP": a.map if a else None,
+            "dGAP vs TF": (a.gap - a.reference_gap) if a else None,
+            "passed": p.passed if p else None,
+        })  # fmt: skip
+    return rows

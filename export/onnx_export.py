@@ -1,0 +1,146 @@
+"""Keras network -> ONNX through tf2onnx, with fused recurrent nodes.
+
+tf2onnx turns a MASKED Keras LSTM into a `Loop` (it does not map the mask; upstream support is an open PR), and
+only fused `LSTM` nodes run fast and can be dynamically quantized. So the network is traced with its masks off
+(`StackedRNN.ignore_mask`), which gives fused LSTM/GRU nodes, and each such node then gets `sequence_lens`
+computed from `num_frames` inside the graph. ONNX's `sequence_lens` stops a sequence at its length and returns
+the state of its last real step: exactly what the Keras mask does (steps past the length carry the state over).
+For the H-LSTM the lower LSTM runs over every chunk of every video (length of chunk j: clip(n - j * size, 0, size);
+ONNX Runtime returns zero states for length 0, as the masked Keras layer does) and the upper LSTM over the chunks
+that hold a real frame (ceil(n / size)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+import onnx
+import tensorflow as tf
+from onnx import TensorProto, helper, numpy_helper
+
+from export.errors import ExportError
+from teachers.config import HLSTMConfig, ModelConfig, RNNConfig
+from teachers.recurrent import StackedRNN
+from yt8m.constants import FEATURE_SIZE
+
+OPSET = 17
+RECURRENT_OPS = ("LSTM", "GRU")
+UNFUSED_OPS = ("Loop", "Scan")
+
+
+@contextlib.contextmanager
+def unmasked_recurrence(model):
+    """While tracing, every StackedRNN in `model` ignores its mask (see the module docstring)."""
+    layers = [layer for layer in model.submodules if isinstance(layer, StackedRNN)]
+    for layer in layers:
+        layer.ignore_mask = True
+    try:
+        yield layers
+    finally:
+        for layer in layers:
+            layer.ignore_mask = False
+
+
+def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelProto:
+    """The network as an ONNX model: inputs frames [batch, frames, 1152] float32 and num_frames [batch] int32,
+    outputs predictions and representation; recurrent layers as fused nodes with sequence lengths."""
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    signature = (
+        tf.TensorSpec([None, config.frames, FEATURE_SIZE], tf.float32, name="frames"),
+        tf.TensorSpec([None], tf.int32, name="num_frames"),
+    )
+
+    def serve(frames, num_frames):
+        outputs = network({"frames": frames, "num_frames": num_frames}, training=False)
+        return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
+
+    with unmasked_recurrence(network) as recurrent:
+        proto, _ = tf2onnx.convert.from_function(tf.function(serve), input_signature=signature, opset=opset)
+    unfused = sorted({n.op_type for n in proto.graph.node if n.op_type in UNFUSED_OPS})
+    if unfused:
+        raise ExportError(f"tf2onnx produced {', '.join(unfused)} nodes instead of fused recurrent nodes")
+    if recurrent:
+        attach_sequence_lengths(proto, config)
+    proto.doc_string = f"vidistill {config.family} network, {config.frames} input frames"
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _lengths_nodes(config: ModelConfig) -> tuple[list, list, dict[str, str]]:
+    """ONNX nodes computing the sequence lengths from the graph input num_frames; returns (nodes, initializers,
+    {which recurrent stack: lengths tensor name})."""
+    def const(name, value, dtype=np.int32):
+        return numpy_helper.from_array(np.asarray(value, dtype), f"vidistill_{name}")
+
+    c = lambda name: f"vidistill_{name}"  # noqa: E731
+    inits = [const("zero", 0), const("frames", config.frames), const("axis1", [1], np.int64)]
+    nodes = [
+        helper.make_node("Max", ["num_frames", c("zero")], [c("n_nonneg")]),
+        helper.make_node("Min", [c("n_nonneg"), c("frames")], [c("n")]),
+    ]
+    if isinstance(config, HLSTMConfig):
+        size, chunks = config.chunk_frames, config.chunks
+        inits += [const("chunk_starts", (np.arange(chunks) * size)[None]), const("chunk_size", size),
+                  const("flat", [-1], np.int64)]  # fmt: skip
+        nodes += [
+            helper.make_node("Unsqueeze", [c("n"), c("axis1")], [c("n_col")]),
+            helper.make_node("Sub", [c("n_col"), c("chunk_starts")], [c("left")]),
+            helper.make_node("Max", [c("left"), c("zero")], [c("left_nonneg")]),
+            helper.make_node("Min", [c("left_nonneg"), c("chunk_size")], [c("chunk_lengths")]),
+            helper.make_node("Reshape", [c("chunk_lengths"), c("flat")], [c("lower_lengths")]),
+            helper.make_node("Greater", [c("n_col"), c("chunk_starts")], [c("chunk_used")]),
+            helper.make_node("Cast", [c("chunk_used")], [c("chunk_used_int")], to=TensorProto.INT32),
+            helper.make_node("ReduceSum", [c("chunk_used_int"), c("axis1")], [c("upper_lengths")], keepdims=0),
+        ]
+        return nodes, inits, {"lower": c("lower_lengths"), "upper": c("upper_lengths")}
+    if isinstance(config, RNNConfig):
+        return nodes, inits, {"rnn": c("n")}
+    raise ExportError(f"no sequence-length rule for recurrent layers of family {config.family!r}")
+
+
+def _stack_of(node, stacks: list[str]) -> str:
+    """Which StackedRNN a fused node belongs to, from the TF name scope tf2onnx keeps on its input."""
+    found = [s for s in stacks if f"/{s}/" in node.input[0]]
+    if len(found) != 1:
+        raise ExportError(f"cannot tell which recurrent stack ONNX node {node.name} ({node.input[0]}) belongs to")
+    return found[0]
+
+
+def attach_sequence_lengths(proto: onnx.ModelProto, config: ModelConfig) -> None:
+    """Sets `sequence_lens` of every fused LSTM/GRU node (see the module docstring); in place."""
+    nodes, inits, lengths = _lengths_nodes(config)
+    graph = proto.graph
+    recurrent = [n for n in graph.node if n.op_type in RECURRENT_OPS]
+    for node in recurrent:
+        while len(node.input) < 5:
+            node.input.append("")
+        if node.input[4]:
+            raise ExportError(f"ONNX node {node.name} already has sequence lengths ({node.input[4]})")
+        node.input[4] = lengths[_stack_of(node, list(lengths))]
+    graph.initializer.extend(inits)
+    for i, node in enumerate(nodes):  # num_frames is a graph input: the new nodes go first (topological order)
+        graph.node.insert(i, node)
+
+
+def save_model(proto: onnx.ModelProto, path: str) -> str:
+    """Writes atomically (a temporary name, then rename): a failed export leaves no half-written file."""
+    tmp = f"{path}.tmp"
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def op_types(proto: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

@@ -1,0 +1,122 @@
+"""`Predictor`: an exported ONNX file, used alone. Needs onnxruntime and numpy only (TensorFlow just to read
+tfrecords with `predict_records`).
+
+    predictor = Predictor("export/int8-dynamic.onnx")
+    probabilities = predictor.predict_videos([video_a, video_b])   # each [frames, 1152], float or uint8 codes
+
+It reads the model card beside the file, turns whole videos into the file's inputs (a student's k frames chosen
+by its selection policy, bit for bit as in training; a teacher's frames padded or cut to its length), and runs
+the ONNX Runtime session.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from export.card import ModelCard, read_card
+from students.selection_numpy import select_frames
+from yt8m.constants import FEATURE_SIZE
+from yt8m.quantize import dequantize
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def make_session(path: str, providers=("cpu",), threads: int | None = None):
+    """An ONNX Runtime session on the named providers (cpu / cuda / tensorrt); checks what really loaded
+    (onnxruntime-gpu lists CUDA as available on machines without a GPU)."""
+    import onnxruntime as ort
+
+    unknown = [p for p in providers if p not in PROVIDERS]
+    if unknown:
+        raise ValueError(f"unknown provider(s) {', '.join(unknown)}; choose from {', '.join(PROVIDERS)}")
+    if any(p != "cpu" for p in providers) and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception:  # no CUDA libraries: the provider check below says so
+            pass
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    wanted = [PROVIDERS[p] for p in providers]
+    session = ort.InferenceSession(path, options, providers=wanted)
+    missing = [p for p in wanted if p not in session.get_providers()]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} did not load for {path} (no GPU, or no CUDA/cuDNN libraries?)")
+    return session
+
+
+def prepare_inputs(card: ModelCard, frames: np.ndarray, num_frames) -> dict[str, np.ndarray]:
+    """Whole videos [B, T, 1152] (float features or uint8 codes; rows past num_frames ignored) -> the inputs of
+    the file a card describes: a student's selected frames, or a teacher's frames padded / cut to its length."""
+    frames = np.asarray(frames)
+    if frames.ndim != 3 or frames.shape[-1] != FEATURE_SIZE:
+        raise ValueError(f"frames must be [batch, time, {FEATURE_SIZE}], got shape {frames.shape}")
+    if frames.dtype == np.uint8:
+        frames = dequantize(frames)
+    frames = frames.astype(np.float32, copy=False)
+    n = np.clip(np.asarray(num_frames, np.int64).reshape(-1), 0, frames.shape[1])
+    if card.selection:
+        selection = card.selection
+        selected, counts = select_frames(frames, n, selection["k"], selection["policy"], seed=selection["seed"])
+        return {"frames": selected, "num_frames": counts}
+    t = card.frames
+    fitted = np.zeros((frames.shape[0], t, FEATURE_SIZE), np.float32)
+    fitted[:, : min(t, frames.shape[1])] = frames[:, :t]
+    counts = np.minimum(n, t)
+    fitted[np.arange(t)[None, :] >= counts[:, None]] = 0
+    return {"frames": fitted, "num_frames": counts.astype(np.int32)}
+
+
+class Predictor:
+    def __init__(self, path: str, *, providers=("cpu",), threads: int | None = None, card: ModelCard | None = None):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no ONNX file {path}")
+        self.path = path
+        self.card = card or read_card(path)
+        self.session = make_session(path, providers, threads)
+        self.frames = self.card.frames
+
+    def inputs(self, frames: np.ndarray, num_frames) -> dict[str, np.ndarray]:
+        """Whole videos [B, T, 1152] (rows past num_frames ignored) -> the file's inputs."""
+        return prepare_inputs(self.card, frames, num_frames)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The session on ready inputs (see `inputs`)."""
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, inputs)))
+
+    def predict(self, frames: np.ndarray, num_frames) -> dict[str, np.ndarray]:
+        """{"predictions" [B, C], "representation" [B, E]} for a padded batch of whole videos."""
+        return self.run(self.inputs(frames, num_frames))
+
+    def predict_videos(self, videos: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Probabilities [N, C] for a list of videos, each [frames, 1152] (float features or uint8 codes)."""
+        outputs = []
+        for start in range(0, len(videos), batch_size):
+            chunk = videos[start : start + batch_size]
+            length = max(1, max(len(v) for v in chunk))
+            dtype = np.uint8 if all(np.asarray(v).dtype == np.uint8 for v in chunk) else np.float32
+            frames = np.zeros((len(chunk), length, FEATURE_SIZE), dtype)
+            for i, video in enumerate(chunk):
+                video = np.asarray(video)
+                if video.ndim != 2 or video.shape[1] != FEATURE_SIZE:
+                    raise ValueError(f"video {start + i}: expected [frames, {FEATURE_SIZE}], got {video.shape}")
+                frames[i, : len(video)] = video
+            lengths = np.array([len(v) for v in chunk], np.int32)
+            outputs.append(self.predict(frames, lengths)["predictions"])
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.card.classes), np.float32)
+
+    def predict_records(self, pattern: str, batch_size: int = 64):
+        """(ids, probabilities [B, C], labels [B, C]) per batch of frame-level tfrecords (needs TensorFlow)."""
+        from yt8m.readers import data_errors, read_frame_dataset
+        from yt8m.constants import MAX_FRAMES
+
+        ds = read_frame_dataset(pattern, num_classes=self.card.classes, max_frames=max(MAX_FRAMES, self.frames),
+                                batch_size=batch_size, deterministic=True)  # fmt: skip
+        with data_errors():
+            for batch in ds.as_numpy_iterator():
+                scores = self.predict(batch["frames"], batch["num_frames"])["predictions"]
+                yield [v.decode() for v in batch["id"]], scores, batch["labels"]

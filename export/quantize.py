@@ -1,0 +1,78 @@
+"""int8 variants with ONNX Runtime's quantization tools.
+
+dynamic  weights int8 ahead of time, activations quantized on the fly per batch: MatMul -> MatMulInteger, fused
+         LSTM -> DynamicQuantizeLSTM (GRU stays float: ONNX Runtime never quantizes it). Best on CPU; needs no data.
+static   QDQ format, int8 weights and activations, both symmetric (zero points 0, what TensorRT requires),
+         activation ranges calibrated on batches of real inputs (MinMax); `quant_pre_process` (shape inference and
+         graph optimization) runs first, as ONNX Runtime recommends. Recurrent nodes stay float (no static int8 LSTM).
+(QAT, the third int8 variant, is trained in TensorFlow: export/qat.py.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx
+
+
+def _quiet() -> None:
+    logging.getLogger("root").setLevel(logging.ERROR)  # "Please consider to run pre-processing..." and friends
+
+
+def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    _quiet()
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, source)
+        ort_quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=False)
+        return onnx.load(target)
+
+
+class _Batches:
+    """An onnxruntime CalibrationDataReader over an iterable of input dicts."""
+
+    def __init__(self, batches: Iterable[dict[str, np.ndarray]]):
+        self._iterator: Iterator = iter(batches)
+        self.count = 0
+
+    def get_next(self):
+        batch = next(self._iterator, None)
+        if batch is not None:
+            self.count += 1
+        return batch
+
+    def rewind(self):  # MinMax calibration reads the data once
+        pass
+
+
+def quantize_static(model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, int]:
+    """QDQ int8 with symmetric activations and weights; `calibration` yields {"frames", "num_frames"} batches.
+    Returns (model, calibration batches read)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _quiet()
+    reader = _Batches(calibration)
+    with tempfile.TemporaryDirectory() as tmp:
+        source, prepared, target = (os.path.join(tmp, f) for f in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        onnx.save(model, source)
+        quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        ort_quantize_static(
+            prepared, target, reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )  # fmt: skip
+        if reader.count == 0:
+            raise ValueError("int8-static: the calibration data gave no batch")
+        return onnx.load(target), reader.count

@@ -1,0 +1,70 @@
+"""Export a converted student (or a run's student / teacher) to ONNX in several precisions, plus TF SavedModels of
+the same network, each checked against the TF model for parity and held-out accuracy and described by a model
+card (DIR/<precision>.json). Exits 1 when a variant is past its tolerance."""
+
+from __future__ import annotations
+
+HELP = "ONNX (fp32, fp16, bf16, int8) and TF SavedModel variants, each with parity, accuracy and a model card"
+
+
+def add_arguments(parser) -> None:
+    from export.config import PRECISIONS
+
+    parser.add_argument("model", help="converted student directory (vidistill convert), or a run directory")
+    parser.add_argument("--out", required=True, help="directory for <precision>.onnx and <precision>.json files")
+    parser.add_argument("--precision", help=f"comma-separated, of: {', '.join(PRECISIONS)} (default: all; "
+                        "int8-static and int8-qat need --calibration-data; fp32 is always made)")
+    parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto",
+                        help="for a run directory: which model to export (auto: the student if there is one)")
+    parser.add_argument("--eval-data", help="held-out labeled records: parity and accuracy (else random videos)")
+    parser.add_argument("--eval-videos", type=int, default=0, help="at most this many held-out videos (0: all)")
+    parser.add_argument("--calibration-data", help="TRAINING records for int8-static calibration and int8-qat "
+                        "fine-tuning (not the held-out data)")  # fmt: skip
+    parser.add_argument("--calibration-batches", type=int, default=8)
+    parser.add_argument("--qat-steps", type=int, default=50)
+    parser.add_argument("--target", choices=["cpu", "cuda"], default="cpu",
+                        help="provider the fp16/bf16 files are made for (its kernels decide what stays float32)")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def resolve_source(path: str, which: str = "auto"):
+    """An ExportSource for a converted student or a run's student/teacher."""
+    from distill.config import load_train_config
+    from distill.runs import load_model
+    from export.source import student_source, teacher_source
+    from students.convert import is_student_dir, load_student_config
+
+    if is_student_dir(path):
+        loaded = load_model(path, which)
+        return student_source(loaded.model, load_student_config(path), path)
+    loaded = load_model(path, which)
+    config = load_train_config(path)
+    if loaded.description.startswith("teacher"):
+        return teacher_source(loaded.model, config.teacher, path)
+    return student_source(loaded.model, config.student, path)
+
+
+def run(args) -> int:
+    import os
+
+    from tabulate import tabulate
+
+    from export.config import ExportConfig
+    from export.exporter import export, summary_rows
+
+    config = ExportConfig(
+        precisions=[p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None, target=args.target,
+        eval_data=args.eval_data, eval_videos=args.eval_videos, calibration_data=args.calibration_data,
+        calibration_batches=args.calibration_batches, batch_size=args.batch_size, qat_steps=args.qat_steps,
+    )  # fmt: skip
+    if not os.path.isdir(args.model):
+        raise FileNotFoundError(f"{args.model}: no such directory (give a converted student or a run directory)")
+    source = resolve_source(args.model, args.which)
+    cards = export(source, args.out, config)
+    print(tabulate(summary_rows(cards), headers="keys", floatfmt=".4g"))
+    failed = [c.precision for c in cards if not c.parity.passed]
+    if failed:
+        print(f"vidistill export: {', '.join(failed)} past tolerance (see the cards in {args.out})")
+        return 1
+    print(f"wrote {len(cards)} variants and their model cards to {args.out}")
+    return 0
