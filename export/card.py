@@ -114,8 +114,8 @@ def write_card(card: ModelCard, path: str) -> str:
 
 
 def read_card(path: str) -> ModelCard:
-    """The card of an ONNX file (pass the .onnx or the .json path)."""
-    path = card_path(path) if path.endswith(".onnx") else path
+    """The card of an ONNX file or SavedModel directory (pass the .onnx, the directory, or the .json path)."""
+    path = card_path(path.rstrip("/")) if path.endswith(".onnx") or os.path.isdir(path) else path
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model card {path}: export the model with `vidistill export` (it writes one per file)")
     try:

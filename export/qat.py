@@ -335,6 +335,12 @@ def quantize_aware(
     """
     if not isinstance(backbone, keras.Model) or not getattr(backbone, "_is_graph_network", False):
         raise ValueError("quantize_aware needs a functional tf_keras Model (the student's backbone)")
+    nested = [layer.name for layer in backbone.layers if isinstance(layer, keras.Model)]
+    if nested:
+        raise ValueError(
+            f"quantize_aware: {backbone.name!r} holds the model(s) {nested}; pass the backbone itself "
+            "(a student's is student.get_layer('<name>_backbone'); frame selection stays outside the QAT model)"
+        )
     registry = _Registry(per_channel)
     custom = quantize_custom_objects(backbone)
 
@@ -455,7 +461,7 @@ def qat_finetune(qat_model: keras.Model, dataset, *, steps: int, learning_rate: 
         with tf.GradientTape() as tape:
             predictions = qat_model(inputs, training=True)["predictions"]
             loss = cross_entropy(labels, predictions)
-            total = loss + tf.add_n(qat_model.losses) if qat_model.losses else loss
+            total = (loss + tf.add_n(qat_model.losses)) if qat_model.losses else loss
         optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
         return loss
 

@@ -1,44 +1,39 @@
-"""The whole job on built-in synthetic data, end to end. Today: synth -> linear-probe baseline -> predictions
-CSV -> score; the teacher-student stages join as they land."""
+"""The whole mission on built-in synthetic data: synth -> parallel teacher-student training -> serial student ->
+convert -> fine-tune -> export (fp32, fp16, bf16, int8 dynamic / static / QAT, TF SavedModels) -> bench -> one
+table of GAP, mAP, latency, throughput, size and speed-up against the teacher served as a TF SavedModel.
+The stages live in vidistill/pipeline.py; OUT/demo.yaml holds the configuration, OUT/summary.md the table."""
 
 from __future__ import annotations
 
 import os
-from argparse import Namespace
 
-HELP = "run the pipeline end to end on built-in synthetic data"
+HELP = "run the whole pipeline on built-in synthetic data and print the final table"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    parser.add_argument("--videos", type=int, default=2000)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--overwrite", action="store_true", help="reuse a run directory that exists")
+    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole pipeline in under 3 minutes")
+    parser.add_argument("--resume", action="store_true", help="continue a killed demo in --out (finished stages are kept)")
+    parser.add_argument("--overwrite", action="store_true", help="delete --out and start again")
 
 
 def run(args) -> int:
-    from vidistill.commands import baseline, score, synth
+    import shutil
 
-    if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists and is not empty: pass --overwrite or another --out")
-    data = os.path.join(args.out, "data")
-    synth.run(
-        Namespace(
-            out=data, videos=args.videos, heldout=None, classes=args.classes, seed=0, segments=False,
-            shards=4, min_frames=60, max_frames=300, workers=None, overwrite=True,
-        )
-    )
-    predictions = os.path.join(args.out, "baseline-predictions.csv")
-    baseline.run(
-        Namespace(
-            train=os.path.join(data, "train-*.tfrecord"), data=os.path.join(data, "validate-*.tfrecord"),
-            out=predictions, num_classes=args.classes, l2=0.5, skip_bad_records=False,
-        )
-    )
-    print("\nheld-out scores of the linear-probe baseline:")
-    return score.run(
-        Namespace(
-            predictions=predictions, data=os.path.join(data, "validate-*.tfrecord"), segments=False,
-            num_classes=args.classes, json=False,
-        )
-    )
+    from vidistill.pipeline import Demo, DemoConfig
+
+    if os.path.exists(args.out) and os.listdir(args.out) and not args.resume:
+        if not args.overwrite:
+            raise FileExistsError(f"{args.out} exists and is not empty: pass --resume to continue it, --overwrite "
+                                  "to start again, or another --out")  # fmt: skip
+        shutil.rmtree(args.out)
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    if args.resume and os.path.exists(os.path.join(args.out, "demo.yaml")):
+        import yaml
+
+        with open(os.path.join(args.out, "demo.yaml")) as f:
+            saved = yaml.safe_load(f)["demo"]
+        saved["bench_batches"] = tuple(saved["bench_batches"])
+        config = DemoConfig(**saved)
+    print(Demo(config, args.out).run())
+    return 0

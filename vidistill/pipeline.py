@@ -1,0 +1,260 @@
+"""The demo pipeline: the whole mission on built-in synthetic data, one stage after another.
+
+synth -> parallel teacher-student training (student k=K) -> serial student k=K_SMALL against that teacher ->
+convert -> fine-tune -> export (every precision of the k=K student; fp32 / int8 of the other student and of the
+teacher, and the teacher as a TF SavedModel: what a user serves today) -> bench -> one table.
+
+Every stage writes into OUT and is skipped when its output is complete, so a killed demo continues where it
+stopped (`--resume`). The configuration is a dataclass saved as OUT/demo.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import yaml
+
+
+@dataclass
+class DemoConfig:
+    """Sizes chosen so that the default demo runs in about 15 minutes on 2 CPU cores (`quick()`: under 3)."""
+
+    videos: int = 1500
+    heldout: int = 300
+    classes: int = 25
+    min_frames: int = 120
+    max_frames: int = 300  # the teacher sees up to 300 frames, like YouTube-8M
+    cells: int = 64  # H-LSTM lower and upper cells
+    chunks: int = 20  # the paper's 20 chunks of 15 frames
+    k: int = 30  # the distilled student's frames (every precision is exported)
+    k_small: int = 10  # a second, serial student
+    teacher_steps: int = 300  # parallel run: teacher and student together
+    serial_steps: int = 150
+    finetune_steps: int = 60
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    qat_steps: int = 30
+    bench_batches: tuple[int, ...] = (1, 64)
+    bench_duration: float = 2.0  # seconds per bench cell
+    bench_runs: int | None = None  # exactly this many timed runs instead (quick)
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        return cls(videos=160, heldout=40, classes=8, min_frames=30, max_frames=60, cells=16, chunks=6, k=10,
+                   k_small=4, teacher_steps=30, serial_steps=15, finetune_steps=10, batch_size=16, qat_steps=5,
+                   bench_batches=(1, 16), bench_runs=20)  # fmt: skip
+
+
+def _stage(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+class Demo:
+    def __init__(self, config: DemoConfig, out: str):
+        self.config, self.out = config, out
+        self.data = os.path.join(out, "data")
+        self.train_data = os.path.join(self.data, "train-*.tfrecord")
+        self.eval_data = os.path.join(self.data, "validate-*.tfrecord")
+        self.timings: dict[str, float] = {}
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    def _timed(self, name: str, fn):
+        started = time.perf_counter()
+        result = fn()
+        self.timings[name] = round(time.perf_counter() - started, 1)
+        return result
+
+    # -- stages ------------------------------------------------------------------------------------------------
+    def synth(self) -> None:
+        from yt8m.synthetic import SynthConfig, write_dataset
+
+        if os.path.exists(os.path.join(self.data, "synth.yaml")):
+            return
+        c = self.config
+        _stage(f"synthetic data: {c.videos} + {c.heldout} videos, {c.classes} classes, up to {c.max_frames} frames")
+        write_dataset(SynthConfig(videos=c.videos, heldout=c.heldout, classes=c.classes, seed=c.seed,
+                                  min_frames=c.min_frames, max_frames=c.max_frames, shards=4), self.data)  # fmt: skip
+
+    def teacher_config(self):
+        from teachers.config import HLSTMConfig
+
+        c = self.config
+        return HLSTMConfig(num_classes=c.classes, frames=c.max_frames, chunks=c.chunks, lower_cells=c.cells,
+                           upper_cells=c.cells, lower_layers=1, upper_layers=1)  # fmt: skip
+
+    def _train(self, name: str, config, title: str) -> str:
+        from distill.config import DataConfig, OptimizerConfig
+        from distill.trainer import Run, latest_checkpoint
+
+        run_dir = self.path("runs", name)
+        if os.path.exists(os.path.join(run_dir, "summary.json")):
+            return run_dir
+        _stage(title)
+        c = self.config
+        config.data = DataConfig(train=self.train_data, eval=self.eval_data, max_frames=c.max_frames,
+                                 batch_size=c.batch_size, eval_batch_size=64)  # fmt: skip
+        config.optimizer = OptimizerConfig(learning_rate=c.learning_rate, decay_steps=config.steps)
+        config.checkpoint_every = max(1, config.steps // 3)
+        config.eval_every = 0
+        config.seed = c.seed
+        resume = os.path.exists(os.path.join(run_dir, "config.yaml"))
+        if resume:
+            try:
+                latest_checkpoint(run_dir)
+            except Exception:
+                shutil.rmtree(run_dir)
+                resume = False
+        summary = Run(config, run_dir, resume=resume).train()
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1, default=str)
+        return run_dir
+
+    def train(self) -> tuple[str, str]:
+        from distill.config import TrainConfig
+        from students.student import student_config
+
+        c = self.config
+        teacher = self.teacher_config()
+        parallel = self._train(
+            f"parallel-k{c.k}",
+            TrainConfig(mode="parallel", teacher=teacher, student=student_config(teacher, k=c.k), steps=c.teacher_steps),
+            f"parallel training: H-LSTM teacher ({c.max_frames} frames) and its k={c.k} student, {c.teacher_steps} steps",
+        )
+        serial = self._train(
+            f"serial-k{c.k_small}",
+            TrainConfig(mode="serial", teacher=teacher, teacher_run=parallel, student=student_config(teacher, k=c.k_small),
+                        steps=c.serial_steps),
+            f"serial training: a k={c.k_small} student against the trained teacher, {c.serial_steps} steps",
+        )  # fmt: skip
+        return parallel, serial
+
+    def convert_and_finetune(self, parallel: str, serial: str) -> tuple[str, str]:
+        from argparse import Namespace
+
+        from distill.runs import convert_run
+        from vidistill.commands import finetune
+
+        c = self.config
+        students = self.path("students")
+        small = os.path.join(students, f"k{c.k_small}")
+        if not os.path.exists(small):
+            convert_run(serial, small)
+        converted = os.path.join(students, f"k{c.k}")
+        if not os.path.exists(converted):
+            convert_run(parallel, converted)
+        tuned = os.path.join(students, f"k{c.k}-finetuned")
+        if not os.path.exists(os.path.join(tuned, "student.yaml")):
+            _stage(f"fine-tuning the k={c.k} student alone (L_CE), {c.finetune_steps} steps")
+            shutil.rmtree(tuned, ignore_errors=True)
+            finetune.run(Namespace(student_dir=converted, data=self.train_data, eval_data=self.eval_data, out=tuned,
+                                   steps=c.finetune_steps, batch_size=c.batch_size, learning_rate=c.learning_rate / 3,
+                                   teacher_run=""))  # fmt: skip
+        return tuned, small
+
+    def export(self, parallel: str, student: str, small: str) -> dict[str, str]:
+        from export.config import ExportConfig
+        from export.exporter import export
+        from vidistill.commands.export import resolve_source
+
+        c = self.config
+        jobs = {
+            "student": (student, "auto", None),
+            "student-small": (small, "auto", ["fp32", "int8-dynamic"]),
+            "teacher": (parallel, "teacher", ["fp32", "int8-dynamic", "tf-fp32"]),
+        }
+        dirs = {}
+        for name, (source_dir, which, precisions) in jobs.items():
+            out = self.path("export", name)
+            dirs[name] = out
+            if os.path.exists(os.path.join(out, "done")):
+                continue
+            _stage(f"export: {name} ({'every precision' if precisions is None else ', '.join(precisions)})")
+            config = ExportConfig(precisions=precisions, eval_data=self.eval_data, calibration_data=self.train_data,
+                                  qat_steps=c.qat_steps, calibration_batches=4)  # fmt: skip
+            shutil.rmtree(out, ignore_errors=True)
+            export(resolve_source(source_dir, which), out, config)
+            open(os.path.join(out, "done"), "w").close()
+        return dirs
+
+    def bench(self, dirs: dict[str, str]):
+        from bench.benchmark import BenchConfig, run_benchmark
+        from export.config import ONNX_PRECISIONS
+
+        c = self.config
+        teacher, student, small = dirs["teacher"], dirs["student"], dirs["student-small"]
+        models = [os.path.join(teacher, "tf-fp32"), os.path.join(teacher, "fp32.onnx"),
+                  os.path.join(teacher, "int8-dynamic.onnx"), os.path.join(small, "fp32.onnx"),
+                  os.path.join(small, "int8-dynamic.onnx")]  # fmt: skip
+        models += [os.path.join(student, f"{p}.onnx") for p in ONNX_PRECISIONS]
+        models.append(os.path.join(student, "tf-fp32"))
+        report = self.path("bench")
+        _stage(f"benchmark: {len(models)} models x batch {', '.join(map(str, c.bench_batches))}")
+        config = BenchConfig(models=models, batches=list(c.bench_batches), duration=c.bench_duration,
+                             runs=c.bench_runs, report=report, baseline=models[0], profile=False,
+                             command=f"vidistill demo --out {self.out}")  # fmt: skip
+        rows, bench = run_benchmark(config)
+        return rows, bench.notes, report
+
+    # -- the whole demo ----------------------------------------------------------------------------------------
+    def run(self) -> str:
+        os.makedirs(self.out, exist_ok=True)
+        with open(self.path("demo.yaml"), "w") as f:
+            yaml.safe_dump({"demo": dataclasses.asdict(self.config)}, f, sort_keys=False)
+        self._timed("synth", self.synth)
+        parallel, serial = self._timed("train", self.train)
+        student, small = self._timed("convert+finetune", lambda: self.convert_and_finetune(parallel, serial))
+        dirs = self._timed("export", lambda: self.export(parallel, student, small))
+        rows, notes, report = self._timed("bench", lambda: self.bench(dirs))
+        table = final_table(rows, self.config.bench_batches)
+        text = (f"{table}\n\nspeed-up: p50 latency at batch {self.config.bench_batches[0]} against the teacher served "
+                f"as a TF SavedModel (same machine, same run).\nreport: {os.path.join(report, 'report.md')}  "
+                f"plot: {os.path.join(report, 'pareto.png')}")  # fmt: skip
+        for note in notes:
+            text += f"\nnote: {note}"
+        text += "\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in self.timings.items())
+        with open(self.path("summary.md"), "w") as f:
+            f.write(text + "\n")
+        return text
+
+
+def final_table(rows: list[dict], batches) -> str:
+    """One line per model: GAP, mAP, p50 latency at the first batch size, throughput at the last, file size,
+    speed-up against the first model (the teacher's SavedModel)."""
+    from tabulate import tabulate
+
+    from export.card import read_card
+
+    small, large = batches[0], batches[-1]
+    by_model: dict[str, dict] = {}
+    for row in rows:
+        if row.get("provider") != "cpu" and row.get("provider") is not None and "cpu" in {r.get("provider") for r in rows}:
+            continue
+        entry = by_model.setdefault(row["model"], {"row": row})
+        if row.get("batch") == small:
+            entry["p50"] = row.get("p50_ms")
+            entry["speedup"] = row.get("speedup")
+        if row.get("batch") == large:
+            entry["throughput"] = row.get("videos_per_s")
+        entry.setdefault("status", row.get("status"))
+    lines = []
+    for model, entry in by_model.items():
+        row = entry["row"]
+        try:
+            card = read_card(row["path"])
+            size = card.file_bytes / 1e6
+        except (FileNotFoundError, ValueError):
+            size = None
+        lines.append({
+            "model": model, "precision": row.get("precision"), "GAP": row.get("gap"), "mAP": row.get("map"),
+            f"p50 ms @{small}": entry.get("p50"), f"videos/s @{large}": entry.get("throughput"), "MB": size,
+            "speed-up": f"{entry['speedup']:.1f}x" if entry.get("speedup") else "", "status": entry.get("status"),
+        })  # fmt: skip
+    return tabulate(lines, headers="keys", floatfmt=".4g", tablefmt="github")
