@@ -64,10 +64,18 @@ class TrainConfig:
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, from_fields(cls, getattr(self, name), f"train.{name}"))
 
+    def resolve(self) -> TrainConfig:
+        """Resolves loss.head "auto" (LossWeights.resolved_head) in parallel and serial mode, so that
+        config.yaml records the head a run used; returns self."""
+        if self.mode in ("parallel", "serial"):
+            self.loss.head = self.loss.resolved_head()
+        return self
+
     def validate(self) -> None:
-        """Checks that the run can start; every message names the option to fix."""
+        """Checks that the run can start (and resolves loss.head "auto"); every message names the option to fix."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        self.resolve()
         needs_teacher = self.mode in ("parallel", "serial", "teacher")
         needs_student = self.mode in ("parallel", "serial", "student")
         if needs_teacher and self.teacher is None:

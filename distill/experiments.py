@@ -24,7 +24,8 @@ from teachers.registry import build_model
 POLICY_ROWS = {"uniform": "Uniform-k", "random": "Random-k", "first": "First-k", "middle": "Middle-k",
                "last": "Last-k", "fml": "First-Middle-Last-k"}  # fmt: skip
 LOSS_ROWS = {  # name -> student loss weights (L_CE, L_REP, L_PRED)
-    "L_rep": LossWeights(ce=0.0, rep=0.01, pred=0.0),
+    # nothing else trains the head of an L_rep-only student: it is a frozen copy of the teacher's (losses.py)
+    "L_rep": LossWeights(ce=0.0, rep=0.01, pred=0.0, head="teacher"),
     "L_rep, L_CE": LossWeights(ce=1.0, rep=0.01, pred=0.0),
     "L_rep, L_pred, L_CE": LossWeights(ce=1.0, rep=0.01, pred=1.0),
 }

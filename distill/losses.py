@@ -25,6 +25,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like eve
 import tensorflow as tf  # noqa: E402
 
 __all__ = [
+    "HEADS",
     "LOSSES",
     "PREDICTION_LOSSES",
     "LossWeights",
@@ -151,6 +152,9 @@ LOSSES: dict[str, Callable[..., tf.Tensor]] = {
 }
 
 
+HEADS = ("auto", "own", "teacher", "probe")
+
+
 @dataclass
 class LossWeights:
     """Weights of the student's loss: total = ce * L_CE + rep * L_REP + pred * L_PRED.
@@ -176,6 +180,31 @@ class LossWeights:
 
     Weights must be finite and >= 0; a weight of 0 skips that term (it is returned as a 0.0 constant and never
     computed, so the corresponding outputs need not even be present).
+
+    ``head``: what the student's classifier head learns from in distillation (parallel and serial modes; the
+    other modes ignore it). With ce = pred = 0 (the paper's "L_rep" rows) no term reaches the head, and its
+    random start gives chance-level predictions; hence the choice:
+
+    - "own": the student's head is trained by whichever terms are on (L_CE and L_PRED through it), like the rest
+      of the student.
+    - "teacher": the student's head is a frozen copy of the teacher's head, copied again at every training step
+      (so in parallel mode it follows the teacher as the teacher trains; in serial mode it is the trained
+      teacher's). The student's representation then learns to be read by the teacher's classifier; L_CE and
+      L_PRED, if on, reach the representation through that frozen copy. Needs a student whose representation
+      has the teacher's width and whose head has the teacher's shape (no projection): a ValueError otherwise.
+      It uses no labels at all when ce = pred = 0, which is what the paper's L_rep rows are.
+    - "probe": the head alone is trained with L_CE (weight 1, the "head_ce" term) on a stop-gradient of the
+      student's representation, so the head learns to classify while the representation is trained only by
+      L_REP (and L_PRED, if on). Works for any width (use it for narrower students). Needs ce = 0: with ce > 0
+      L_CE would train the representation too (use "own" for that).
+    - "auto" (default): "teacher" when ce = pred = 0, else "own" (:meth:`resolved_head`). A run saves the
+      resolved value in its config.yaml (``TrainConfig.resolve``, called by ``validate``).
+
+    Why "teacher" for the L_rep rows: the paper's student learns to produce a representation very close to the
+    teacher's, which is what the teacher's classifier reads. The public code has no L_rep-only run (its student
+    has its own classifier and always adds L_CE; with L_CE off, that head would only learn in the later
+    fine-tuning of the student alone), so the frozen teacher head is the reading of the paper that needs no
+    labels, as the row's name says.
     """
 
     ce: float = 1.0
@@ -183,6 +212,7 @@ class LossWeights:
     pred: float = 1.0
     pred_kind: str = "kl"
     temperature: float = 1.0
+    head: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("ce", "rep", "pred"):
@@ -200,6 +230,21 @@ class LossWeights:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"LossWeights.temperature must be a finite number > 0, got {t!r}")
         self.temperature = float(t)
+        if self.head not in HEADS:
+            raise ValueError(f"LossWeights.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "probe" and self.ce > 0:
+            raise ValueError(
+                "LossWeights.head 'probe' trains the student's head alone with L_CE on a stop-gradient of its "
+                f"representation, so it needs ce = 0 (got ce={self.ce}); use head 'own' to train the whole "
+                "student with L_CE"
+            )
+
+    def resolved_head(self) -> str:
+        """``head`` with "auto" resolved: "teacher" when ce = pred = 0 (nothing else would train the head), else
+        "own"."""
+        if self.head != "auto":
+            return self.head
+        return "teacher" if self.ce == 0 and self.pred == 0 else "own"
 
     @classmethod
     def preset(cls, name: str) -> "LossWeights":
@@ -227,6 +272,10 @@ class LossWeights:
         "representation" [B, E] (the student's already projected to the teacher's width by the caller). The
         teacher's tensors are wrapped in ``tf.stop_gradient``: no gradient of any term reaches the teacher.
         ``label_weights`` [B, C] is passed to L_CE (segment training). Terms with weight 0 are not computed.
+
+        With ``head`` "probe" the result also holds "head_ce" (weight 1): L_CE of ``student_out["probe_predictions"]``,
+        the student's head applied to a stop-gradient of its representation (the caller computes it), so that
+        this term trains the head and nothing else.
         """
         zero = tf.constant(0.0, tf.float32)
         out = {"ce": zero, "rep": zero, "pred": zero}
@@ -247,6 +296,13 @@ class LossWeights:
             w = getattr(self, name)
             if w > 0:
                 total = total + w * out[name]
+        if self.resolved_head() == "probe":
+            if "probe_predictions" not in student_out:
+                raise ValueError(
+                    'head "probe": student_out needs "probe_predictions" (the head on a stop-gradient of E_S)'
+                )
+            out["head_ce"] = cross_entropy(labels, student_out["probe_predictions"], label_weights=label_weights)
+            total = total + out["head_ce"]
         out["total"] = total
         return out
 

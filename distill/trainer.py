@@ -214,7 +214,7 @@ class Run:
         if resume and not existing:
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no config.yaml")
         if resume:
-            saved = load_train_config(run_dir)
+            saved = load_train_config(run_dir).resolve()  # a config.yaml from before loss.head holds no head
             if saved.to_dict() | {"steps": 0} != config.to_dict() | {"steps": 0}:
                 raise TrainingError(
                     f"{run_dir} was started with another configuration; resume it with its own config.yaml "
@@ -223,9 +223,6 @@ class Run:
         for pattern in (config.data.train, config.data.eval):
             if pattern:
                 list_files(pattern)  # a data pattern that matches nothing fails before the run directory exists
-        os.makedirs(run_dir, exist_ok=True)
-        if self.is_chief:
-            save_train_config(config, run_dir)
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope(), _precision(config.mixed_precision):
             self.models = build_models(config)
@@ -242,6 +239,10 @@ class Run:
                 self.models.projection,
             )
             self.distiller.compile(optimizer=self.optimizer)
+        # models that cannot be built (e.g. loss.head "teacher" with a narrower student) fail before this point
+        os.makedirs(run_dir, exist_ok=True)
+        if self.is_chief:
+            save_train_config(config, run_dir)
         self.checkpoint = self.models.checkpoint(optimizer=self.optimizer)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(checkpoint_dir, CHECKPOINTS), max_to_keep=config.keep_checkpoints
@@ -252,6 +253,7 @@ class Run:
         self.best_gap = _best_gap(run_dir)
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.distiller.sync_head()
         self.nan_guard = _NaNGuard()
         self.last_eval_step = -1
 
@@ -312,6 +314,7 @@ class Run:
                 acc += v.numpy()
         for acc, v in zip(total, variables):
             v.assign((acc / len(paths)).astype(v.dtype.as_numpy_dtype))
+        self.distiller.sync_head()  # loss.head "teacher": the student's head is the averaged teacher's
         averaged = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(os.path.dirname(self.manager.directory), CHECKPOINTS, "averaged"), 1
         ).save(checkpoint_number=self.step)
