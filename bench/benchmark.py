@@ -30,6 +30,7 @@ from bench.runners import (
     node_placement,
     parse_providers,
     placement_summary,
+    top_ops,
     probe_provider,
 )
 from bench.system import physical_cores, system_info
@@ -285,9 +286,11 @@ class Benchmark:
 
     def _bench_cell(self, model: Model, provider: str, batch: int, inputs: list[dict]) -> list[dict]:
         rows = self._measure(model, provider, batch, inputs)
-        self._place(model, provider, inputs[0])  # the session loaded and took these inputs
-        nodes, fallbacks, ops = placement_summary(self.placements.get((model.label, provider)))
-        return [dict(row, nodes=nodes or None, cpu_fallbacks=fallbacks, fallback_ops=ops or None) for row in rows]
+        self._place(model, provider, batch, inputs[0])  # the session loaded and took these inputs
+        placement = self.placements.get((model.label, provider, batch))
+        nodes, fallbacks, ops = placement_summary(placement)
+        return [dict(row, nodes=nodes or None, cpu_fallbacks=fallbacks, fallback_ops=ops or None,
+                     top_ops=top_ops(placement) or None) for row in rows]  # fmt: skip
 
     def _measure(self, model: Model, provider: str, batch: int, inputs: list[dict]) -> list[dict]:
         config, card = self.config, model.card
@@ -339,9 +342,10 @@ class Benchmark:
             rows.append(out)
         return rows
 
-    def _place(self, model: Model, provider: str, inputs: dict) -> None:
-        """Per-node providers of this model on this provider, once (a short extra profiled session)."""
-        key = (model.label, provider)
+    def _place(self, model: Model, provider: str, batch: int, inputs: dict) -> None:
+        """Per-node providers and time per op type of this model on this provider and batch (a short extra
+        profiled session: two runs, the second one's kernel times)."""
+        key = (model.label, provider, batch)
         if not self.config.profile or model.kind != "onnx" or key in self.placements:
             return
         try:

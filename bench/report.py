@@ -15,7 +15,7 @@ ROW_FIELDS = [
     "model", "path", "kind", "precision", "provider", "mode", "batch", "frames", "status", "parity_max_abs",
     "tolerance", "reference", "runs", "session_s", "first_run_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms",
     "min_ms", "max_ms", "videos_per_s", "peak_mem_mb", "gflops", "peak_gflops", "pct_peak", "speedup", "gap", "map",
-    "nodes", "cpu_fallbacks", "fallback_ops", "providers_loaded", "threads",
+    "nodes", "cpu_fallbacks", "fallback_ops", "top_ops", "providers_loaded", "threads",
 ]  # fmt: skip
 TIMED_MODES = ("run", "tf")  # the modes a user calling the model gets (IO binding is the GPU-resident variant)
 
@@ -143,11 +143,13 @@ def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
 def placement_table(rows: list[dict]) -> str:
     seen, table = set(), []
     for r in rows:
-        key = (r["model"], r["provider"])
+        key = (r["model"], r["provider"], r.get("batch"))
         if r.get("nodes") and key not in seen:
             seen.add(key)
-            table.append([r["model"], r["provider"], r["nodes"], r.get("cpu_fallbacks"), r.get("fallback_ops") or "-"])
-    headers = ["model", "provider", "nodes per provider", "CPU fallbacks", "fallback op types"]
+            table.append([r["model"], r["provider"], r.get("batch"), r["nodes"], r.get("cpu_fallbacks"),
+                          r.get("fallback_ops") or "-", r.get("top_ops") or "-"])  # fmt: skip
+    headers = ["model", "provider", "batch", "nodes per provider", "CPU fallbacks", "fallback op types",
+               "kernel time by op type (one profiled run)"]  # fmt: skip
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "(not profiled)"
 
 
@@ -180,7 +182,7 @@ def _markdown(rows: list[dict], meta: dict) -> str:
     ]  # fmt: skip
     if meta["notes"]:
         lines += ["## Notes", "", *(f"- {n}" for n in meta["notes"]), ""]
-    lines += ["## Results", "", summary_table(rows), "", "## Which provider ran each node", "", placement_table(rows),
+    lines += ["## Results", "", summary_table(rows), "", "## Which provider ran each node, and where the time went", "", placement_table(rows),
               ""]  # fmt: skip
     peaks = [[p["provider"], p["dtype"], p["size"], _num(p["gflops"], ",.1f"), p.get("error") or ""]
              for p in meta["peaks"]]  # fmt: skip

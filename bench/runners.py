@@ -254,15 +254,21 @@ def parse_profile(events: list[dict], main_provider: str) -> dict:
     """Which provider ran each node, from an ORT profile: {"nodes": {provider: count}, "fallbacks": count of nodes
     not on `main_provider`'s device when that is a GPU provider, "fallback_ops": {op type: count}}."""
     placed: dict[str, tuple[str, str]] = {}
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    timed_from = runs[-1] if runs else 0  # the op times of the last run only (the first one allocates)
+    op_ms: Counter = Counter()
     for event in events:
         args = event.get("args") or {}
         if event.get("cat") == "Node" and "provider" in args:
             name = event.get("name", "").removesuffix("_kernel_time")
             placed[name] = (args["provider"], args.get("op_name", "?"))
+            if event.get("ts", 0) >= timed_from:
+                op_ms[args.get("op_name", "?")] += event.get("dur", 0) / 1000
     nodes = Counter(provider for provider, _ in placed.values())
     on_cpu = Counter(op for provider, op in placed.values() if provider == "CPUExecutionProvider")
     fallback_ops = dict(on_cpu) if main_provider != "CPUExecutionProvider" else {}
-    return {"nodes": dict(nodes), "fallbacks": sum(fallback_ops.values()), "fallback_ops": fallback_ops}
+    return {"nodes": dict(nodes), "fallbacks": sum(fallback_ops.values()), "fallback_ops": fallback_ops,
+            "op_ms": dict(op_ms)}
 
 
 def node_placement(path: str, provider: str, threads: int, inputs: dict[str, np.ndarray]) -> dict:
@@ -270,10 +276,21 @@ def node_placement(path: str, provider: str, threads: int, inputs: dict[str, np.
     with tempfile.TemporaryDirectory(prefix="vidistill-profile-") as tmp:
         session = create_session(path, provider, threads, profile_prefix=os.path.join(tmp, "profile"))
         session.run(None, inputs)
+        session.run(None, inputs)
         profile = session.end_profiling()
         with open(profile) as f:
             events = json.load(f)
     return parse_profile(events, EXECUTION_PROVIDERS[provider][0])
+
+
+def top_ops(placement: dict | None, count: int = 4) -> str:
+    """Where a profiled run spent its kernel time: "LSTM 61%, MatMul 20%, ..." (the why behind a latency)."""
+    op_ms = (placement or {}).get("op_ms") or {}
+    total = sum(op_ms.values())
+    if not total:
+        return ""
+    ranked = sorted(op_ms.items(), key=lambda kv: -kv[1])[:count]
+    return ", ".join(f"{op} {100 * ms / total:.0f}%" for op, ms in ranked)
 
 
 def placement_summary(placement: dict | None) -> tuple[str, int | None, str]:

@@ -17,7 +17,7 @@ import pytest
 
 from bench.benchmark import BenchConfig, run_benchmark
 from bench.report import ROW_FIELDS, pareto_front
-from bench.runners import parse_profile, parse_providers
+from bench.runners import parse_profile, parse_providers, top_ops
 from bench.timing import latency_stats, timed_runs
 from export.card import Accuracy, ModelCard, TensorSpec, Tolerance, write_card
 from vidistill.cli import main
@@ -147,22 +147,25 @@ def test_pareto_front_exact():
     assert pareto_front([]) == []
 
 
-def test_parse_profile_counts_cpu_fallbacks():
-    def node(name, op, provider):
-        return {"cat": "Node", "name": f"{name}_kernel_time", "args": {"op_name": op, "provider": provider}}
+def test_parse_profile_counts_cpu_fallbacks_and_times_the_last_run():
+    def node(name, op, provider, ts, dur):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": op, "provider": provider}}  # fmt: skip
 
     events = [
-        {"cat": "Session", "name": "model_run", "args": {}},
-        node("mm", "MatMul", "CUDAExecutionProvider"), node("sig", "Sigmoid", "CUDAExecutionProvider"),
-        node("topk", "TopK", "CPUExecutionProvider"), node("shape", "Shape", "CPUExecutionProvider"),
-        node("topk", "TopK", "CPUExecutionProvider"),  # the same node in a second run
+        {"cat": "Session", "name": "model_run", "ts": 0, "args": {}},
+        node("mm", "MatMul", "CUDAExecutionProvider", 1, 9000), node("sig", "Sigmoid", "CUDAExecutionProvider", 2, 10),
+        node("topk", "TopK", "CPUExecutionProvider", 3, 10), node("shape", "Shape", "CPUExecutionProvider", 4, 10),
+        {"cat": "Session", "name": "model_run", "ts": 100, "args": {}},  # the second run: its times count
+        node("mm", "MatMul", "CUDAExecutionProvider", 101, 3000), node("topk", "TopK", "CPUExecutionProvider", 102, 1000),
     ]  # fmt: skip
     placement = parse_profile(events, "CUDAExecutionProvider")
     assert placement == {
         "nodes": {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 2},
-        "fallbacks": 2, "fallback_ops": {"TopK": 1, "Shape": 1},
+        "fallbacks": 2, "fallback_ops": {"TopK": 1, "Shape": 1}, "op_ms": {"MatMul": 3.0, "TopK": 1.0},
     }  # fmt: skip
     assert parse_profile(events, "CPUExecutionProvider")["fallbacks"] == 0
+    assert top_ops(placement) == "MatMul 75%, TopK 25%"
 
 
 def test_unknown_provider_is_an_error_before_anything_runs(models, tmp_path, capsys):

@@ -198,7 +198,7 @@ class Demo:
         report = self.path("bench")
         _stage(f"benchmark: {len(models)} models x batch {', '.join(map(str, c.bench_batches))}")
         config = BenchConfig(models=models, batches=list(c.bench_batches), duration=c.bench_duration,
-                             runs=c.bench_runs, report=report, baseline=models[0], profile=False,
+                             runs=c.bench_runs, report=report, baseline=models[0], profile=True,
                              command=f"vidistill demo --out {self.out}")  # fmt: skip
         rows, bench = run_benchmark(config)
         return rows, bench.notes, report
@@ -214,7 +214,8 @@ class Demo:
         dirs = self._timed("export", lambda: self.export(parallel, student, small))
         rows, notes, report = self._timed("bench", lambda: self.bench(dirs))
         table = final_table(rows, self.config.bench_batches)
-        text = (f"{table}\n\nspeed-up: p50 latency at batch {self.config.bench_batches[0]} against the teacher served "
+        checks = target_table(rows, self.config.bench_batches)
+        text = (f"{table}\n\n{checks}\n\nspeed-up: p50 latency at batch {self.config.bench_batches[0]} against the teacher served "
                 f"as a TF SavedModel (same machine, same run).\nreport: {os.path.join(report, 'report.md')}  "
                 f"plot: {os.path.join(report, 'pareto.png')}")  # fmt: skip
         for note in notes:
@@ -258,3 +259,46 @@ def final_table(rows: list[dict], batches) -> str:
             "speed-up": f"{entry['speedup']:.1f}x" if entry.get("speedup") else "", "status": entry.get("status"),
         })  # fmt: skip
     return tabulate(lines, headers="keys", floatfmt=".4g", tablefmt="github")
+
+
+def _cell(rows: list[dict], model: str, batch: int) -> dict | None:
+    for row in rows:
+        if row["model"] == model and row.get("batch") == batch and row.get("provider") == "cpu" and row.get("p50_ms"):
+            return row
+    return None
+
+
+def target_table(rows: list[dict], batches) -> str:
+    """The product's targets, measured side by side in this run (CPU): what was asked, what we got, met or not."""
+    from tabulate import tabulate
+
+    from export.card import read_card
+
+    small, large = batches[0], batches[-1]
+    lines = []
+
+    def add(what, wanted, got, met):
+        lines.append({"target": what, "wanted": wanted, "measured": got, "met": "yes" if met else "NO"})
+
+    for batch in (small, large):
+        t, s = _cell(rows, "teacher/fp32", batch), _cell(rows, "student/fp32", batch)
+        if t and s:
+            flops = read_card(t["path"]).flops_per_video / read_card(s["path"]).flops_per_video
+            speed = t["p50_ms"] / s["p50_ms"]
+            add(f"student k vs teacher, ONNX fp32, batch {batch}: speed-up / FLOPs ratio", ">= 90%",
+                f"{speed:.1f}x / {flops:.1f}x = {100 * speed / flops:.0f}%", speed >= 0.9 * flops)
+    o, t = _cell(rows, "student/fp32", small), _cell(rows, "student/tf-fp32", small)
+    if o and t:
+        add(f"student: ONNX Runtime vs TF SavedModel, batch {small}", ">= 2x", f"{t['p50_ms'] / o['p50_ms']:.1f}x",
+            t["p50_ms"] >= 2 * o["p50_ms"])
+    f, q = _cell(rows, "student/fp32", large), _cell(rows, "student/int8-dynamic", large)
+    if f and q:
+        ratio, drop = q["videos_per_s"] / f["videos_per_s"], 100 * (f["gap"] - q["gap"])
+        add(f"student: int8 vs fp32 throughput, batch {large}; GAP drop", ">= 2x; <= 0.5 points",
+            f"{ratio:.1f}x; {drop:.2f} points", ratio >= 2 and drop <= 0.5)
+    t, q = _cell(rows, "teacher/tf-fp32", small), _cell(rows, "student/int8-dynamic", small)
+    if t and q:
+        speed, drop = t["p50_ms"] / q["p50_ms"], 100 * (t["gap"] - q["gap"])
+        add(f"teacher TF SavedModel vs int8 student on ONNX Runtime, batch {small}; GAP drop", ">= 50x; <= 1 point",
+            f"{speed:.1f}x; {drop:.2f} points", speed >= 50 and drop <= 1)
+    return tabulate(lines, headers="keys", tablefmt="github")
