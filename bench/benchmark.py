@@ -225,7 +225,7 @@ class Benchmark:
             model=model.label, path=model.path, kind=model.kind, precision=getattr(card, "precision", None),
             provider=provider, mode=mode, batch=batch, frames=getattr(card, "frames", None), threads=self.threads,
             reference=os.path.basename(model.reference) if model.reference else None,
-            tolerance=card.tolerance.max_abs if card is not None else None,
+            tolerance=card.tolerance.against_reference() if card is not None else None,
             gap=accuracy.gap if accuracy else None, map=accuracy.map if accuracy else None,
         )  # fmt: skip
         return row
@@ -316,7 +316,7 @@ class Benchmark:
                         raise ValueError(f"predictions {list(got.shape)} but the reference gives {list(want.shape)}")
                     worst = max(worst, float(np.max(np.abs(got - want.astype(np.float64)))))
                 row["parity_max_abs"] = worst
-                tolerance = card.tolerance.max_abs
+                tolerance = card.tolerance.against_reference()
                 if not worst <= tolerance:  # NaN fails too
                     runner.close()
                     return [dict(row, status=f"failed: parity {worst:.3g} > {tolerance:.3g}")]

@@ -29,6 +29,10 @@ class Tolerance:
 
     max_abs: float  # largest |p_onnx - p_tf| over all videos and classes
     gap_drop: float  # largest allowed GAP(fp32 TF model) - GAP(this file), absolute (0.005 = half a GAP point)
+    vs_reference: float | None = None  # against the fp32 file (bench); None: max_abs. QAT is retrained: looser
+
+    def against_reference(self) -> float:
+        return self.max_abs if self.vs_reference is None else self.vs_reference
 
 
 @dataclass

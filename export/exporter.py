@@ -130,7 +130,7 @@ class Exporter:
             return quantize.quantize_dynamic(self.fp32), ["MatMul -> MatMulInteger, LSTM -> DynamicQuantizeLSTM"], None
         if name == "int8-static":
             model, batches = quantize.quantize_static(self.fp32, self._calibration_inputs())
-            return model, [f"QDQ, symmetric int8, MinMax calibration on {batches} batches"], None
+            return model, [f"QDQ, symmetric int8 on MatMul/Gemm, per-channel weights, percentile calibration on {batches} batches"], None
         if name == "int8-qat":
             return self._qat()
         raise AssertionError(name)

@@ -2,14 +2,18 @@
 
 dynamic  weights int8 ahead of time, activations quantized on the fly per batch: MatMul -> MatMulInteger, fused
          LSTM -> DynamicQuantizeLSTM (GRU stays float: ONNX Runtime never quantizes it). Best on CPU; needs no data.
-static   QDQ format, int8 weights and activations, both symmetric (zero points 0, what TensorRT requires),
-         activation ranges calibrated on batches of real inputs (MinMax); `quant_pre_process` (shape inference and
-         graph optimization) runs first, as ONNX Runtime recommends. Recurrent nodes stay float (no static int8 LSTM).
+static   QDQ format, int8 weights (per channel) and activations, both symmetric (zero points 0, what TensorRT
+         requires), on the matrix products only (MatMul, Gemm: the int8 GEMMs TensorRT runs; quantizing every Mul,
+         Concat and Transpose too cost 1.8 GAP points in the demo), activation ranges from the 99.999th percentile
+         over calibration batches of real inputs; `quant_pre_process` (shape inference and graph optimization)
+         runs first, as ONNX Runtime recommends. Recurrent nodes stay float (no static int8 LSTM).
 (QAT, the third int8 variant, is trained in TensorFlow: export/qat.py.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -48,7 +52,7 @@ class _Batches:
             self.count += 1
         return batch
 
-    def rewind(self):  # MinMax calibration reads the data once
+    def rewind(self):  # calibration reads the data once
         pass
 
 
@@ -65,14 +69,17 @@ def quantize_static(model: onnx.ModelProto, calibration: Iterable[dict[str, np.n
         source, prepared, target = (os.path.join(tmp, f) for f in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save(model, source)
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
-        ort_quantize_static(
-            prepared, target, reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its histogram settings
+            ort_quantize_static(
+                prepared, target, reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                calibrate_method=CalibrationMethod.Percentile,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.999},
+            )  # fmt: skip
         if reader.count == 0:
             raise ValueError("int8-static: the calibration data gave no batch")
         return onnx.load(target), reader.count
