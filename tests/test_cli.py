@@ -272,9 +272,9 @@ def test_demo_refuses_non_empty_out(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, stdout, err = _run(capsys, "demo", "--out", out, "--videos", 10, "--classes", 3)
+    code, stdout, err = _run(capsys, "demo", "--out", out, "--quick")
     assert code == 2 and stdout == ""
-    _assert_one_line_error(err, "demo", str(out), "not empty", "--overwrite")
+    _assert_one_line_error(err, "demo", str(out), "not empty", "--resume", "--overwrite")
     assert sorted(os.listdir(out)) == ["keep.txt"]
 
 
