@@ -95,6 +95,11 @@ def plot_pareto(points: list[tuple[str, float, float]], path: str, batch: int) -
         latencies = [p[1] for p in points]
         if min(latencies) > 0 and max(latencies) / min(latencies) > 20:
             ax.set_xscale("log")
+            from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, 2, 5 ms
+            ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, f"no measured model with a GAP on its card at batch {batch}", ha="center",
