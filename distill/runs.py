@@ -19,6 +19,7 @@ class LoadedModel:
     num_classes: int
     max_frames: int
     description: str
+    which: str  # "student" or "teacher"
 
 
 def load_model(path: str, which: str = "auto") -> LoadedModel:
@@ -28,7 +29,7 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
             raise ValueError(f"{path} is a converted student: it holds no teacher")
         student = load_student(path)
         num_classes = student.output["predictions"].shape[-1]
-        return LoadedModel(student, num_classes, MAX_FRAMES, f"converted student {path}")
+        return LoadedModel(student, num_classes, MAX_FRAMES, f"converted student {path}", "student")
     if not os.path.exists(os.path.join(path, "config.yaml")):
         raise FileNotFoundError(f"{path} is neither a run directory (config.yaml) nor a converted student")
     config = load_train_config(path)
@@ -39,7 +40,7 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
     if model is None:
         raise ValueError(f"{path} ({config.mode} run) has no {which}")
     checkpoint = restore_models(models, path)
-    return LoadedModel(model, config.num_classes, config.data.max_frames, f"{which} of {path} ({checkpoint})")
+    return LoadedModel(model, config.num_classes, config.data.max_frames, f"{which} of {path} ({checkpoint})", which)
 
 
 def convert_run(run_dir: str, out_dir: str) -> str:

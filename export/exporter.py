@@ -24,11 +24,11 @@ from export import onnx_export, precision, quantize
 from export.card import Accuracy, ModelCard, Parity, card_path, write_card
 from export.config import ONNX_PRECISIONS, TF_PRECISIONS, TOLERANCES, ExportConfig
 from export.errors import ExportError
-from export.predictor import Predictor, prepare_inputs
+from export.predictor import Predictor, frames_to_read, prepare_inputs
 from export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
 from export.source import ExportSource
 from teachers.registry import model_flops
-from yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, RGB_SIZE
+from yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 from yt8m.metrics import VideoMetrics
 from yt8m.readers import data_errors, read_frame_dataset
 
@@ -68,7 +68,7 @@ class HeldOut:
         config = self.config
         if not self.labeled:
             rng = np.random.default_rng(config.seed)
-            t = max(self.source.frames, MAX_FRAMES if self.source.selection else self.source.frames)
+            t = frames_to_read(self.source)
             for start in range(0, config.random_videos, config.batch_size):
                 b = min(config.batch_size, config.random_videos - start)
                 num_frames = rng.integers(1, t + 1, b).astype(np.int32)
@@ -80,10 +80,8 @@ class HeldOut:
 
 
 def _record_batches(pattern: str, source: ExportSource, batch_size: int, max_videos: int = 0):
-    # a student selects from the whole video; a teacher sees its first `frames` frames, as in training
-    max_frames = max(MAX_FRAMES, source.frames) if source.selection else source.frames
-    ds = read_frame_dataset(pattern, num_classes=source.classes, max_frames=max_frames, batch_size=batch_size,
-                            deterministic=True)  # fmt: skip
+    ds = read_frame_dataset(pattern, num_classes=source.classes, max_frames=frames_to_read(source),
+                            batch_size=batch_size, deterministic=True)  # fmt: skip
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
     with data_errors():
@@ -137,22 +135,20 @@ class Exporter:
 
     def _calibration_inputs(self) -> Iterator[dict[str, np.ndarray]]:
         pattern = self.config.calibration_data
-        card = self._provisional_card("fp32", "fp32.onnx")
         batches = _record_batches(pattern, self.source, self.config.batch_size,
                                   self.config.calibration_batches * self.config.batch_size)  # fmt: skip
         for frames, num_frames, _ in batches:
-            yield prepare_inputs(card, frames, num_frames)
+            yield prepare_inputs(self.source, frames, num_frames)
 
     def _qat(self):
         from export import qat
 
         pattern = self.config.calibration_data
         model = qat.quantize_aware(self.source.network)
-        card = self._provisional_card("fp32", "fp32.onnx")
 
         def generator():
             for frames, num_frames, labels in _record_batches(pattern, self.source, self.config.batch_size):
-                inputs = prepare_inputs(card, frames, num_frames)
+                inputs = prepare_inputs(self.source, frames, num_frames)
                 yield {"frames": inputs["frames"], "num_frames": inputs["num_frames"]}, labels.astype(np.float32)
 
         spec = ({"frames": tf.TensorSpec([None, self.source.frames, FEATURE_SIZE], tf.float32),

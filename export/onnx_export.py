@@ -138,9 +138,3 @@ def save_model(proto: onnx.ModelProto, path: str) -> str:
             os.remove(tmp)
     return path
 
-
-def op_types(proto: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts

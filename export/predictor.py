@@ -17,7 +17,7 @@ import numpy as np
 
 from export.card import ModelCard, read_card
 from students.selection_numpy import select_frames
-from yt8m.constants import FEATURE_SIZE
+from yt8m.constants import FEATURE_SIZE, MAX_FRAMES
 from yt8m.quantize import dequantize
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -48,9 +48,17 @@ def make_session(path: str, providers=("cpu",), threads: int | None = None):
     return session
 
 
-def prepare_inputs(card: ModelCard, frames: np.ndarray, num_frames) -> dict[str, np.ndarray]:
+def frames_to_read(model) -> int:
+    """Frames to read per video for `model` (a ModelCard or an ExportSource: anything with `selection` and
+    `frames`): a student selects from the whole video (up to 300 frames, or its k if larger); a teacher sees its
+    first `frames` frames, as in training."""
+    return max(MAX_FRAMES, model.frames) if model.selection else model.frames
+
+
+def prepare_inputs(card, frames: np.ndarray, num_frames) -> dict[str, np.ndarray]:
     """Whole videos [B, T, 1152] (float features or uint8 codes; rows past num_frames ignored) -> the inputs of
-    the file a card describes: a student's selected frames, or a teacher's frames padded / cut to its length."""
+    the file `card` describes (a ModelCard, or an ExportSource before its card exists): a student's selected
+    frames, or a teacher's frames padded / cut to its length."""
     frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[-1] != FEATURE_SIZE:
         raise ValueError(f"frames must be [batch, time, {FEATURE_SIZE}], got shape {frames.shape}")
@@ -112,9 +120,8 @@ class Predictor:
     def predict_records(self, pattern: str, batch_size: int = 64):
         """(ids, probabilities [B, C], labels [B, C]) per batch of frame-level tfrecords (needs TensorFlow)."""
         from yt8m.readers import data_errors, read_frame_dataset
-        from yt8m.constants import MAX_FRAMES
 
-        ds = read_frame_dataset(pattern, num_classes=self.card.classes, max_frames=max(MAX_FRAMES, self.frames),
+        ds = read_frame_dataset(pattern, num_classes=self.card.classes, max_frames=frames_to_read(self.card),
                                 batch_size=batch_size, deterministic=True)  # fmt: skip
         with data_errors():
             for batch in ds.as_numpy_iterator():

@@ -239,9 +239,10 @@ def final_table(rows: list[dict], batches) -> str:
     from export.card import read_card
 
     small, large = batches[0], batches[-1]
+    shown = "cpu" if any(r.get("provider") == "cpu" for r in rows) else None  # the CPU rows when there are any
     by_model: dict[str, dict] = {}
     for row in rows:
-        if row.get("provider") != "cpu" and row.get("provider") is not None and "cpu" in {r.get("provider") for r in rows}:
+        if shown and row.get("provider") not in (shown, None):
             continue
         entry = by_model.setdefault(row["model"], {"row": row})
         if row.get("batch") == small:

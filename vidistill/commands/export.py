@@ -34,12 +34,11 @@ def resolve_source(path: str, which: str = "auto"):
     from export.source import student_source, teacher_source
     from students.convert import is_student_dir, load_student_config
 
-    if is_student_dir(path):
-        loaded = load_model(path, which)
-        return student_source(loaded.model, load_student_config(path), path)
     loaded = load_model(path, which)
+    if is_student_dir(path):
+        return student_source(loaded.model, load_student_config(path), path)
     config = load_train_config(path)
-    if loaded.description.startswith("teacher"):
+    if loaded.which == "teacher":
         return teacher_source(loaded.model, config.teacher, path)
     return student_source(loaded.model, config.student, path)
 
