@@ -21,10 +21,7 @@ from bench import report as reporting
 from bench.inputs import DEFAULT_SETS, input_names, inputs_for_card
 from bench.roofline import achieved_gflops, onnx_matmul_peak, peak_dtype, tf_matmul_peak
 from bench.runners import (
-    GPU_PROVIDERS,
-    PROVIDER_NAMES,
     OnnxRunner,
-    ProviderUnavailable,
     SavedModelRunner,
     first_line,
     node_placement,
@@ -36,6 +33,7 @@ from bench.runners import (
 from bench.system import physical_cores, system_info
 from bench.timing import PeakRSS, latency_stats, time_once, timed_runs
 from export.card import read_card
+from export.sessions import GPU_PROVIDERS, PROVIDER_NAMES, ProviderUnavailable
 
 DISPLAY = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
 

@@ -1,10 +1,7 @@
 """Runners: one model on one provider, created, run, closed. OnnxRunner (ONNX Runtime) and SavedModelRunner
 (TensorFlow, imported only when a SavedModel is run), plus which provider ran each node (ORT profiling).
 
-Provider names on the command line: cpu, cuda, tensorrt. What really loaded is read back from the session
-(`get_providers()`): onnxruntime-gpu lists CUDA among the available providers on a machine without a GPU, then
-creates the session on CPU alone. A session whose first provider is not the one asked for raises
-ProviderUnavailable rather than timing the wrong thing.
+Sessions are made by `export.sessions.create_session`, which checks that the provider asked for really loaded.
 """
 
 from __future__ import annotations
@@ -18,23 +15,14 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from bench.system import gpu_present
-
-EXECUTION_PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-# float32 on CUDA means float32: no TF32 tensor-core rounding, so an fp32 file passes parity against CPU and the
-# fp32 MatMul peak is a true fp32 peak (fp16 files and the fp16 peak are there for the tensor cores).
-PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
-PROVIDER_NAMES = tuple(EXECUTION_PROVIDERS)
-GPU_PROVIDERS = ("cuda", "tensorrt")
-LOG_ERRORS_ONLY = 3
-
-
-class ProviderUnavailable(RuntimeError):
-    """The provider asked for did not load (no GPU, missing CUDA / TensorRT libraries)."""
+from export.sessions import (
+    EXECUTION_PROVIDERS,
+    GPU_PROVIDERS,
+    PROVIDER_NAMES,
+    ProviderUnavailable,
+    create_session,
+    gpu_present,
+)
 
 
 class BatchUnsupported(ValueError):
@@ -53,49 +41,6 @@ def parse_providers(spec: str) -> list[str]:
             f"choose from {', '.join(PROVIDER_NAMES)} (comma-separated), or auto"
         )
     return list(dict.fromkeys(names))
-
-
-_gpu_prepared = False
-
-
-def prepare_gpu() -> None:
-    """onnxruntime.preload_dlls() once, before the first CUDA session, where there is a GPU (it loads CUDA and cuDNN
-    from the nvidia-* pip packages); harmless when it finds nothing."""
-    global _gpu_prepared
-    if _gpu_prepared:
-        return
-    _gpu_prepared = True
-    if gpu_present() and hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception:  # noqa: BLE001 - missing pip packages: the session creation says what is missing
-            pass
-
-
-def session_options(threads: int, *, profile_prefix: str | None = None) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = LOG_ERRORS_ONLY
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return options
-
-
-def create_session(model, provider: str, threads: int, *, profile_prefix: str | None = None) -> ort.InferenceSession:
-    """A session on `provider` (a path or serialized bytes); ProviderUnavailable if that provider did not load."""
-    if provider in GPU_PROVIDERS:
-        prepare_gpu()
-    wanted = EXECUTION_PROVIDERS[provider]
-    providers = [(name, PROVIDER_OPTIONS[name]) if name in PROVIDER_OPTIONS else name for name in wanted]
-    session = ort.InferenceSession(model, session_options(threads, profile_prefix=profile_prefix), providers=providers)
-    loaded = session.get_providers()
-    if not loaded or loaded[0] != wanted[0]:
-        raise ProviderUnavailable(f"{wanted[0]} did not load (the session runs on {', '.join(loaded)})")
-    return session
 
 
 def _probe_model() -> bytes:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
 
 import psutil
+
+from export.sessions import gpus
 
 
 def physical_cores() -> int:
@@ -25,28 +25,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def gpus() -> list[dict]:
-    """One dict per NVIDIA GPU (name, driver, memory) from nvidia-smi; [] when there is none."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    try:
-        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    found = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            found.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
-    return found
-
-
-def gpu_present() -> bool:
-    nvidia = "/proc/driver/nvidia/gpus"
-    return bool(gpus()) or (os.path.isdir(nvidia) and bool(os.listdir(nvidia)))
 
 
 def _version(package: str) -> str | None:

@@ -26,6 +26,7 @@ from export.config import ONNX_PRECISIONS, TF_PRECISIONS, TOLERANCES, ExportConf
 from export.errors import ExportError
 from export.predictor import Predictor, frames_to_read, prepare_inputs
 from export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
+from export.sessions import available_providers
 from export.source import ExportSource
 from teachers.registry import model_flops
 from yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
@@ -38,23 +39,36 @@ MIN_ACCURACY_VIDEOS = 100
 
 
 class HeldOut:
-    """The videos every variant is checked on: whole videos (read again per variant, in the same order), the TF
-    model's probabilities on them (computed once) and their labels."""
+    """The videos every variant is checked on: the exported file's inputs for them, the TF model's probabilities
+    on them (computed once) and their labels. The inputs are kept in memory up to `CACHED_INPUT_BYTES` (a
+    student's k frames always fit); past that (long teacher videos) they are read again per variant, in the same
+    order, so that memory stays bounded."""
+
+    CACHED_INPUT_BYTES = 512 * 2**20
 
     def __init__(self, source: ExportSource, config: ExportConfig):
         self.source, self.config = source, config
         self.labeled = config.eval_data is not None
         self.reference: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self._cached: list[dict[str, np.ndarray]] | None = []
         model = source.full_model
 
         @tf.function(reduce_retracing=True)
         def predict(frames, num_frames):
             return model({"frames": frames, "num_frames": num_frames}, training=False)["predictions"]
 
-        for frames, num_frames, labels in self.batches():
+        cached_bytes = 0
+        for frames, num_frames, labels in self._videos():
             self.reference.append(predict(tf.constant(frames), tf.constant(num_frames)).numpy())
             self.labels.append(labels)
+            if self._cached is not None:
+                inputs = prepare_inputs(source, frames, num_frames)
+                cached_bytes += sum(a.nbytes for a in inputs.values())
+                if cached_bytes <= self.CACHED_INPUT_BYTES:
+                    self._cached.append(inputs)
+                else:
+                    self._cached = None
         if not self.reference:
             raise ExportError(f"no videos in {config.eval_data}")
         self.reference_metrics = _metrics(self.reference, self.labels, source.classes) if self.labeled else None
@@ -63,7 +77,15 @@ class HeldOut:
     def videos(self) -> int:
         return sum(len(r) for r in self.reference)
 
-    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    def inputs(self) -> Iterator[dict[str, np.ndarray]]:
+        """The exported file's inputs, batch by batch, in the order of `reference` and `labels`."""
+        if self._cached is not None:
+            yield from self._cached
+            return
+        for frames, num_frames, _ in self._videos():
+            yield prepare_inputs(self.source, frames, num_frames)
+
+    def _videos(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """(frames [B, T, 1152] whole videos, num_frames [B], labels [B, C] or None)."""
         config = self.config
         if not self.labeled:
@@ -117,7 +139,7 @@ class Exporter:
         if name == "fp32":
             return self.fp32, [], None
         if name in ("fp16", "bf16"):
-            available = _available_providers()
+            available = available_providers()
             model, blocked, verified = precision.lower_precision_for(self.fp32, name, self.config.target,
                                                                      available=available)  # fmt: skip
             notes = [f"made for the {self.config.target} provider; ops kept in float32: {', '.join(sorted(blocked))}"]
@@ -181,8 +203,7 @@ class Exporter:
         max_abs = max_rel = total = 0.0
         count = 0
         predictions = []
-        for (frames, num_frames, _), reference in zip(held_out.batches(), held_out.reference):
-            inputs = prepare_inputs(card, frames, num_frames)
+        for inputs, reference in zip(held_out.inputs(), held_out.reference):
             scores = run(inputs)["predictions"].astype(np.float32)
             if tf_reference is not None:
                 reference = tf_reference(inputs, training=False)["predictions"].numpy()
@@ -244,16 +265,6 @@ class Exporter:
                 os.remove(tmp)
         write_card(card, card_path(final))
         return card
-
-
-def _available_providers() -> list[str]:
-    import onnxruntime
-
-    return onnxruntime.get_available_providers() if _has_gpu() else ["CPUExecutionProvider"]
-
-
-def _has_gpu() -> bool:
-    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidia0")
 
 
 def export(source: ExportSource, out_dir: str, config: ExportConfig | None = None) -> list[ModelCard]:

@@ -16,37 +16,10 @@ import os
 import numpy as np
 
 from export.card import ModelCard, read_card
+from export.sessions import create_session
 from students.selection_numpy import select_frames
 from yt8m.constants import FEATURE_SIZE, MAX_FRAMES
 from yt8m.quantize import dequantize
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-
-
-def make_session(path: str, providers=("cpu",), threads: int | None = None):
-    """An ONNX Runtime session on the named providers (cpu / cuda / tensorrt); checks what really loaded
-    (onnxruntime-gpu lists CUDA as available on machines without a GPU)."""
-    import onnxruntime as ort
-
-    unknown = [p for p in providers if p not in PROVIDERS]
-    if unknown:
-        raise ValueError(f"unknown provider(s) {', '.join(unknown)}; choose from {', '.join(PROVIDERS)}")
-    if any(p != "cpu" for p in providers) and hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception:  # no CUDA libraries: the provider check below says so
-            pass
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    wanted = [PROVIDERS[p] for p in providers]
-    session = ort.InferenceSession(path, options, providers=wanted)
-    missing = [p for p in wanted if p not in session.get_providers()]
-    if missing:
-        raise RuntimeError(f"{', '.join(missing)} did not load for {path} (no GPU, or no CUDA/cuDNN libraries?)")
-    return session
-
 
 def frames_to_read(model) -> int:
     """Frames to read per video for `model` (a ModelCard or an ExportSource: anything with `selection` and
@@ -79,12 +52,12 @@ def prepare_inputs(card, frames: np.ndarray, num_frames) -> dict[str, np.ndarray
 
 
 class Predictor:
-    def __init__(self, path: str, *, providers=("cpu",), threads: int | None = None, card: ModelCard | None = None):
+    def __init__(self, path: str, *, provider: str = "cpu", threads: int | None = None, card: ModelCard | None = None):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no ONNX file {path}")
         self.path = path
         self.card = card or read_card(path)
-        self.session = make_session(path, providers, threads)
+        self.session = create_session(path, provider, threads)
         self.frames = self.card.frames
 
     def inputs(self, frames: np.ndarray, num_frames) -> dict[str, np.ndarray]:

@@ -237,6 +237,36 @@ def test_predictor_runs_raw_videos_like_the_tf_student(hlstm_export, hlstm_stude
         predictor.predict_videos([codes[0], codes[1][:, :100]])
 
 
+def test_predictor_provider_errors(hlstm_export):
+    from export.sessions import ProviderUnavailable, gpu_present
+
+    with pytest.raises(ValueError, match=r"unknown provider 'gpu': choose from cpu, cuda, tensorrt"):
+        Predictor(str(hlstm_export / "fp32.onnx"), provider="gpu")
+    if not gpu_present():
+        with pytest.raises(ProviderUnavailable, match=r"CUDAExecutionProvider did not load for .*fp32.onnx"):
+            Predictor(str(hlstm_export / "fp32.onnx"), provider="cuda")
+
+
+def test_held_out_inputs_are_cached_for_a_student_and_read_again_past_the_budget(monkeypatch, hlstm_student, data):
+    from export.exporter import HeldOut
+    from vidistill.commands.export import resolve_source
+
+    source = resolve_source(hlstm_student)
+    config = ExportConfig(eval_data=data["eval"], batch_size=7)
+    cached = HeldOut(source, config)
+    assert cached._cached is not None and len(cached._cached) == len(cached.reference) == 2  # 12 videos, 7 a batch
+    first, again = list(cached.inputs()), list(cached.inputs())
+    assert [b["frames"].shape for b in first] == [(7, 10, 1152), (5, 10, 1152)]  # the student's k = 10 frames
+    monkeypatch.setattr(HeldOut, "CACHED_INPUT_BYTES", 1)
+    read = HeldOut(source, config)
+    assert read._cached is None
+    for batches in (again, list(read.inputs())):
+        for a, b in zip(first, batches, strict=True):
+            np.testing.assert_array_equal(a["frames"], b["frames"])
+            np.testing.assert_array_equal(a["num_frames"], b["num_frames"])
+    np.testing.assert_array_equal(np.concatenate(read.reference), np.concatenate(cached.reference))
+
+
 def test_predictor_reads_records(hlstm_export, data):
     predictor = Predictor(str(hlstm_export / "fp32.onnx"))
     ids, scores, labels = next(predictor.predict_records(data["eval"], batch_size=4))
