@@ -24,6 +24,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like eve
 
 import tensorflow as tf  # noqa: E402
 
+from yt8m.loss import cross_entropy  # noqa: E402 - the official loss, L_CE
+
 __all__ = [
     "HEADS",
     "LOSSES",
@@ -47,23 +49,6 @@ def _check_same_width(a: tf.Tensor, b: tf.Tensor, what: str, hint: str = "") -> 
     db = b.shape[-1] if b.shape.rank else None
     if da is not None and db is not None and da != db:
         raise ValueError(f"{what}: last dimensions differ ({da} vs {db}){hint}")
-
-
-def cross_entropy(labels, predictions, label_weights=None, epsilon: float = 1e-5) -> tf.Tensor:
-    """The official YouTube-8M loss (starter code's ``CrossEntropyLoss``).
-
-    L_CE = mean_b sum_c w_bc * -( y_bc log(p_bc + eps) + (1 - y_bc) log(1 - p_bc + eps) ),  eps = 1e-5,
-
-    with w = 1 everywhere unless ``label_weights`` [B, C] is given (segment training: 1 only at the rated
-    classes, 0 elsewhere). ``labels`` and ``predictions`` are [B, C] (labels 0/1, or scores in [0, 1]).
-    """
-    y = _f32(labels)
-    p = _f32(predictions)
-    _check_same_width(y, p, "cross_entropy(labels, predictions)")
-    per_class = -(y * tf.math.log(p + epsilon) + (1.0 - y) * tf.math.log(1.0 - p + epsilon))
-    if label_weights is not None:
-        per_class = per_class * _f32(label_weights)
-    return tf.reduce_mean(tf.reduce_sum(per_class, axis=-1))
 
 
 def representation_loss(teacher_repr, student_repr) -> tf.Tensor:

@@ -48,13 +48,14 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tensorflow.python.ops import gen_array_ops  # noqa: E402  (QuantizeAndDequantizeV3: per-axis, range given)
 
+from yt8m.loss import cross_entropy  # noqa: E402
+
 __all__ = [
     "InputQuantizedDense",
     "QuantizationReport",
     "SublayerQuantizeConfig",
     "SymmetricQuantizer",
     "calibrate",
-    "cross_entropy",
     "is_calibrated",
     "qat_finetune",
     "quantization_report",
@@ -436,15 +437,6 @@ def is_calibrated(model: keras.Model) -> bool:
     return all(
         bool(tf.reduce_all(quantizer.vars["max"] > 0)) for quantizer, _ in _quantizers(model) if quantizer.vars
     )
-
-
-def cross_entropy(labels, predictions, epsilon: float = 1e-5) -> tf.Tensor:
-    """The project's L_CE (the official YouTube-8M loss): mean over the batch of the sum over classes of
-    -(y log(p + eps) + (1 - y) log(1 - p + eps)), eps = 1e-5 (export/ must not import distill/)."""
-    y = tf.cast(labels, tf.float32)
-    p = tf.cast(predictions, tf.float32)
-    per_class = -(y * tf.math.log(p + epsilon) + (1.0 - y) * tf.math.log(1.0 - p + epsilon))
-    return tf.reduce_mean(tf.reduce_sum(per_class, axis=-1))
 
 
 def qat_finetune(qat_model: keras.Model, dataset, *, steps: int, learning_rate: float = 1e-4) -> list[float]:

@@ -18,7 +18,6 @@ import tf_keras as keras  # noqa: E402
 from export.qat import (  # noqa: E402
     SymmetricQuantizer,
     calibrate,
-    cross_entropy,
     is_calibrated,
     qat_finetune,
     quantization_report,
@@ -28,6 +27,7 @@ from export.qat import (  # noqa: E402
 from students.student import build_student, student_config  # noqa: E402
 from teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig, NeXtVLADConfig  # noqa: E402
 from teachers.recurrent import StackedRNN  # noqa: E402
+from yt8m.loss import cross_entropy  # noqa: E402
 from yt8m.constants import AUDIO_SIZE, RGB_SIZE  # noqa: E402
 from yt8m.records import Video, write_frame_records  # noqa: E402
 
