@@ -150,11 +150,18 @@ class Distiller(keras.Model):
 
     def train_step(self, batch):
         self.sync_head()  # loss.head "teacher": the student reads with the teacher's current head
+        # each replica's loss is the mean over its share of the batch and the optimizer sums the replicas'
+        # gradients: dividing by their number makes that the gradient of the global batch's mean, as on one device
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             logs = self._loss_terms(batch, training=True)
             total = self._total(logs)
+            scaled = total / replicas if replicas > 1 else total
         variables = self.trainable_variables
-        gradients = tape.gradient(total, variables)
+        gradients = tape.gradient(scaled, variables)
+        if all(g is None for g in gradients):  # at trace time: a step that would silently train nothing
+            raise ValueError(f"no trainable variable gets a gradient in mode {self.mode!r} with loss weights "
+                             f"{self.loss_weights}: nothing would train; turn on a loss term that reaches the model")
         self.optimizer.apply_gradients((g, v) for g, v in zip(gradients, variables) if g is not None)
         self.sync_head()  # ... and holds the teacher's updated head when the step ends (checkpoints, evaluation)
         return {"loss": total, **logs}

@@ -681,3 +681,20 @@ def test_runs_stop_at_exactly_the_requested_step_and_resume_off_the_grid(model_y
     assert "trained to step 10" in out
     steps = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
     assert steps[-1] == 10 and all(s <= 10 for s in steps)
+
+
+def test_a_step_that_would_train_nothing_is_an_error_not_a_silent_no_op():
+    import tf_keras as keras
+
+    from distill.distiller import Distiller
+    from distill.losses import LossWeights
+    from students.student import build_student
+
+    student = build_student(student_config(TEACHER, k=K))
+    student.trainable = False
+    distiller = Distiller("student", None, student, LossWeights())
+    distiller.compile(optimizer=keras.optimizers.Adam())
+    batch = {"frames": np.zeros((2, FRAMES, 1152), np.float32), "num_frames": np.array([FRAMES, 5], np.int32),
+             "labels": np.zeros((2, CLASSES), np.float32)}  # fmt: skip
+    with pytest.raises(ValueError, match=r"no trainable variable gets a gradient in mode 'student'.*nothing would train"):
+        distiller.fit(tf.data.Dataset.from_tensors(batch), verbose=0)

@@ -1,5 +1,5 @@
 """Scale-out: two workers (two processes on localhost, MultiWorkerMirroredStrategy through TF_CONFIG) train one
-run and finish with identical weights."""
+run and finish with identical weights; MirroredStrategy over two devices trains like one device."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
@@ -77,3 +78,93 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
     for name in names:
         np.testing.assert_array_equal(chief_reader.get_tensor(name), worker_reader.get_tensor(name), err_msg=name)
     assert os.path.exists(run_dir / "config.yaml") and not os.path.exists(run_dir / "workers" / "1" / "config.yaml")
+
+
+MIRRORED = r"""
+import json, os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+import pytest
+import tf_keras as keras
+from distill.config import DataConfig, TrainConfig
+from distill.distiller import Distiller
+from distill.losses import LossWeights
+from distill.trainer import Run
+from students.student import build_student, student_config
+from teachers.config import HLSTMConfig
+from teachers.registry import build_model
+
+# one MirroredStrategy for the whole process: two of them would reuse the same collective-op keys
+MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+mirrored = lambda: MIRRORED
+one = lambda: tf.distribute.OneDeviceStrategy("/cpu:0")
+teacher_config = HLSTMConfig(num_classes=4, frames=30, chunks=3, lower_cells=8, upper_cells=8, lower_layers=1,
+                             upper_layers=1)
+rng = np.random.default_rng(0)
+batch = {"frames": rng.normal(size=(8, 30, 1152)).astype("float32"),
+         "num_frames": np.array([30, 25, 8, 30, 5, 30, 19, 11], np.int32),
+         "labels": (rng.random((8, 4)) < 0.3).astype("float32")}
+
+def sgd_weights(strategy, loss):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        teacher = build_model(teacher_config)
+        student = build_student(student_config(teacher_config, k=4))
+        distiller = Distiller("parallel", teacher, student, loss)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.5))
+    before = [v.numpy() for v in distiller.trainable_variables]
+    distiller.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0)
+    return before, [v.numpy() for v in distiller.trainable_variables]
+
+result = {}
+for name, loss in (("all", LossWeights(ce=1.0, rep=0.01, pred=1.0)), ("rep", LossWeights(ce=0.0, rep=0.01, pred=0.0))):
+    (start, a), (_, b) = sgd_weights(one(), loss), sgd_weights(mirrored(), loss)
+    result[f"sgd_{name}"] = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+    result[f"sgd_{name}_moved"] = max(float(np.abs(x - y).max()) for x, y in zip(a, start))
+
+config = TrainConfig(mode="parallel", teacher=teacher_config, student=student_config(teacher_config, k=4),
+                     data=DataConfig(train=sys.argv[1], eval=sys.argv[1], max_frames=30, batch_size=8),
+                     steps=4, checkpoint_every=2, eval_every=0)
+runs = {}
+for name, strategy in (("one", one()), ("mirrored", mirrored())):
+    run = Run(config, os.path.join(sys.argv[2], name), strategy=strategy)
+    start = np.concatenate([v.numpy().ravel() for v in run.distiller.trainable_variables])
+    summary = run.train(progress=False)
+    end = np.concatenate([v.numpy().ravel() for v in run.distiller.trainable_variables])
+    runs[name] = (end, summary["step"], summary["last_eval"]["gap"], run.strategy.num_replicas_in_sync, start)
+result["run_mean_moved"] = float(np.abs(runs["one"][0] - runs["one"][4]).mean())
+result["run_mean_diff"] = float(np.abs(runs["one"][0] - runs["mirrored"][0]).mean())
+result["run_steps"] = [runs["one"][1], runs["mirrored"][1]]
+result["run_gap"] = [runs["one"][2], runs["mirrored"][2]]
+result["replicas"] = runs["mirrored"][3]
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_mirrored_strategy_on_two_devices_trains_like_one_device(tmp_path):
+    """MirroredStrategy (the multi-GPU path) on two logical CPU devices: each replica gets half the batch and the
+    gradients are summed, so the loss must be scaled by 1 / replicas. Plain SGD shows a wrong scale at once (Adam
+    would hide it); a whole Run under the strategy trains its steps and scores like the one-device Run."""
+    data = tmp_path / "data"
+    assert main(["synth", "--out", str(data), "--videos", "24", "--classes", "4", "--min-frames", "30",
+                 "--max-frames", "30", "--shards", "1", "--workers", "1"]) == 0  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", MIRRORED, str(data / "train-*.tfrecord"), str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["replicas"] == 2
+    for name in ("all", "rep"):
+        assert result[f"sgd_{name}_moved"] > 0.01
+        assert result[f"sgd_{name}"] < 1e-5, result
+    assert result["run_steps"] == [4, 4]
+    # a whole Run (Adam) is compared by its held-out GAP: Adam divides by the gradients' size, so float noise in
+    # near-zero gradients moves weights by whole steps (mean weight difference: about 12% of the mean movement)
+    assert result["run_mean_moved"] > 0
+    assert result["run_gap"][0] == pytest.approx(result["run_gap"][1], abs=0.02)
