@@ -156,7 +156,7 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             logs = self._loss_terms(batch, training=True)
             total = self._total(logs)
-            scaled = total / replicas if replicas > 1 else total
+            scaled = total / replicas
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         if all(g is None for g in gradients):  # at trace time: a step that would silently train nothing

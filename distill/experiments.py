@@ -3,8 +3,8 @@
 Rows: the teacher skyline (all frames); students without distillation for each selection policy (Uniform-k,
 Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k); parallel and serial students with L_REP,
 L_REP + L_CE and L_REP + L_PRED + L_CE, and on request serial students with L_PRED and L_PRED + L_CE (the
-paper's two serial-only rows); one VLAD-family row (teacher, Uniform-30, distilled-30) and one narrow student (a quarter of the
-teacher's parameters at k = 30). Each cell is a run directory under OUT/runs/, trained in a child process; a cell
+paper's two serial-only rows); one VLAD-family row (teacher, Uniform-30, distilled-30) and one narrow student (a
+quarter of the teacher's parameters at k = 30). Each cell is a run directory under OUT/runs/, trained in a child process; a cell
 whose results exist is not trained again, so a killed experiment continues where it stopped.
 """
 
@@ -69,8 +69,8 @@ class Table1Config:
     def quick(cls) -> Table1Config:
         """A miniature that runs in a few minutes (the tests run it)."""
         return cls(classes=4, videos=48, heldout=16, min_frames=30, max_frames=40, ks=(6,), policies=("uniform", "first"),
-                   losses=("L_rep, L_pred, L_CE",), serial_losses=("L_pred",), teacher_steps=6, student_steps=4, batch_size=8, cells=8,
-                   chunks=4)  # fmt: skip
+                   losses=("L_rep, L_pred, L_CE",), serial_losses=("L_pred",), teacher_steps=6, student_steps=4,
+                   batch_size=8, cells=8, chunks=4)  # fmt: skip
 
 
 def _teacher(config: Table1Config) -> HLSTMConfig:
@@ -102,18 +102,16 @@ class Table1:
         self.data_dir = os.path.join(out_dir, "data")
         self.results_path = os.path.join(out_dir, "results.json")
         self.results: dict = json.load(open(self.results_path)) if os.path.exists(self.results_path) else {}
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None  # while run() runs
 
     # ---------------------------------------------------------------------------------------------- running
     def run(self) -> dict:
         os.makedirs(self.out_dir, exist_ok=True)
         self._data()
-        try:
+        # the child starts at the first cell that needs training (none when every result exists)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                 max_tasks_per_child=max(1, self.config.cells_per_process)) as self._pool:  # fmt: skip
             return self._run_cells()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
 
     def _run_cells(self) -> dict:
         c = self.config
@@ -179,9 +177,6 @@ class Table1:
 
             shutil.rmtree(run_dir)  # an unfinished cell from a killed experiment
         started = time.perf_counter()
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                             max_tasks_per_child=max(1, c.cells_per_process))  # fmt: skip
         self.results[name] = {
             **self._pool.submit(_train_cell, config, run_dir).result(),
             "seconds": round(time.perf_counter() - started, 1),
