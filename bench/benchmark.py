@@ -69,6 +69,8 @@ class BenchConfig:
             (self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}"),
             (self.runs is None or self.runs >= 1, f"runs must be at least 1, not {self.runs}"),
             (self.duration > 0, f"duration must be positive, not {self.duration}"),
+            (self.min_runs >= 1, f"--min-runs must be at least 1, not {self.min_runs}"),
+            (self.time_cap > 0, f"--time-cap must be positive, not {self.time_cap}"),
             (self.warmup >= 0, f"warm-up runs must be 0 or more, not {self.warmup}"),
             (self.input_sets >= 2, f"input sets must be 2 or more (rotated between runs), not {self.input_sets}"),
         ]

@@ -184,7 +184,16 @@ class Exporter:
                  f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}"]  # fmt: skip
         return proto, notes, model
 
-    # -- checking ----------------------------------------------------------------------------------------------
+    # -- checking ------------------------------------------------------------------------------------------------
+    def _checking_provider(self, name: str) -> str | None:
+        """Where variant `name` is run for its check: the CPU, except for an fp16 / bf16 file made for another
+        provider (its low-precision kernels exist there, not on the CPU): that provider when it is here, else None
+        (not checked here)."""
+        target = self.config.target
+        if name not in ("fp16", "bf16") or target == "cpu":
+            return "cpu"
+        return target if precision.PROVIDERS[target] in available_providers() else None
+
     def _provisional_card(self, name: str, file: str) -> ModelCard:
         s = self.source
         return ModelCard(
@@ -253,8 +262,16 @@ class Exporter:
             else:
                 model, notes, tf_reference = self._onnx_variant(name)
                 onnx_export.save_model(model, tmp)
-                predictor = Predictor(tmp, card=card)
-                self._check(card, predictor.run, tf_reference)
+                provider = self._checking_provider(name)
+                if provider is None:
+                    card.notes.append(f"parity and accuracy not checked: made for the {self.config.target} provider, "
+                                      f"which is not on the exporting machine; `vidistill bench --providers "
+                                      f"{self.config.target}` checks it against fp32.onnx there")  # fmt: skip
+                else:
+                    predictor = Predictor(tmp, card=card, provider=provider)
+                    self._check(card, predictor.run, tf_reference)
+                    if provider != "cpu":
+                        card.notes.append(f"parity and accuracy checked on the {provider} provider")
                 card.file_bytes = os.path.getsize(tmp)
                 card.notes[:0] = notes
             os.replace(tmp, final)

@@ -20,6 +20,7 @@ from export.card import read_card  # noqa: E402
 from export.config import PRECISIONS, ExportConfig  # noqa: E402
 from export.onnx_export import convert  # noqa: E402
 from export.predictor import Predictor  # noqa: E402
+from export.sessions import gpu_present  # noqa: E402
 from students import selection, selection_numpy  # noqa: E402
 from students.convert import save_student  # noqa: E402
 from students.student import build_student, student_config  # noqa: E402
@@ -337,3 +338,19 @@ def test_export_config_defaults():
     assert "int8-static" not in ExportConfig().precisions  # needs training records
     assert ExportConfig(calibration_data="x").precisions == list(PRECISIONS)
     assert ExportConfig(precisions=["int8-dynamic"]).precisions == ["fp32", "int8-dynamic"]
+
+
+@pytest.mark.skipif(gpu_present(), reason="checks the export for a provider this machine lacks (it has a GPU)")
+def test_target_cuda_on_a_machine_without_it_exports_and_says_unchecked(capsys, tmp_path, hlstm_student):
+    """fp16 / bf16 files made for CUDA need its kernels (the CPU has no bf16 Mul): on a CPU-only machine they are
+    written unchecked, the card and the command say so, and bench checks them against fp32.onnx on the GPU."""
+    out = tmp_path / "cuda"
+    assert main(["export", hlstm_student, "--out", str(out), "--precision", "fp16,bf16", "--target", "cuda"]) == 0
+    printed = capsys.readouterr().out
+    assert "fp16, bf16 not checked here (made for --target cuda" in printed
+    for name in ("fp16", "bf16"):
+        card = read_card(str(out / f"{name}.json"))
+        assert card.parity is None and card.accuracy is None
+        assert any("`vidistill bench --providers cuda` checks it against fp32.onnx" in n for n in card.notes)
+        assert (out / f"{name}.onnx").exists()
+    assert read_card(str(out / "fp32.json")).parity.passed  # fp32 is still checked on the CPU

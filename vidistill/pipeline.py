@@ -257,7 +257,8 @@ def final_table(rows: list[dict], batches) -> str:
         try:
             card = read_card(row["path"])
             size = card.file_bytes / 1e6
-            checked = "passed" if card.parity and card.parity.passed else "FAILED (see its card)"
+            checked = ("not checked here" if card.parity is None
+                       else "passed" if card.parity.passed else "FAILED (see its card)")
         except (FileNotFoundError, ValueError):
             size, checked = None, "no card"
         lines.append({

@@ -29,6 +29,10 @@ def add_arguments(parser) -> None:
     timing.add_argument("--duration", type=float, default=5.0,
                         help="seconds of timed runs per cell, at least 100 runs, at most 60 s (default 5)")
     timing.add_argument("--runs", type=int, default=None, help="exactly N timed runs per cell instead of --duration")
+    parser.add_argument("--min-runs", type=int, default=100,
+                        help="with --duration: at least this many timed runs per cell (default 100: p99 needs them)")
+    parser.add_argument("--time-cap", type=float, default=60.0,
+                        help="with --duration: stop a cell after this many seconds even below --min-runs (default 60)")
     parser.add_argument("--warmup", type=int, default=5, help="discarded warm-up runs per cell (default 5)")
     parser.add_argument("--input-sets", type=int, default=4, help="random input sets rotated between runs (default 4)")
     parser.add_argument("--seed", type=int, default=0)
@@ -46,7 +50,7 @@ def command_line(args) -> str:
     parts = ["vidistill", "bench", *args.models]
     timing = ["--runs", args.runs] if args.runs is not None else ["--duration", args.duration]
     options = [("--providers", args.providers), ("--batch", args.batch), ("--threads", args.threads), tuple(timing),
-               ("--warmup", args.warmup), ("--input-sets", args.input_sets), ("--seed", args.seed),
+               ("--min-runs", args.min_runs), ("--time-cap", args.time_cap), ("--warmup", args.warmup), ("--input-sets", args.input_sets), ("--seed", args.seed),
                ("--report", args.report), ("--baseline", args.baseline), ("--pareto-batch", args.pareto_batch),
                ("--peak-size", args.peak_size)]  # fmt: skip
     for flag, value in options:
@@ -64,7 +68,8 @@ def run(args) -> int:
 
     config = BenchConfig(
         models=args.models, providers=parse_providers(args.providers), batches=_ints(args.batch),
-        threads=args.threads, runs=args.runs, duration=args.duration, warmup=args.warmup,
+        threads=args.threads, runs=args.runs, duration=args.duration, min_runs=args.min_runs, time_cap=args.time_cap,
+        warmup=args.warmup,
         input_sets=args.input_sets, seed=args.seed, report=args.report, baseline=args.baseline,
         pareto_batch=args.pareto_batch, peak_size=args.peak_size, profile=not args.no_profile,
         command=command_line(args),
