@@ -288,8 +288,8 @@ class Benchmark:
         rows = self._measure(model, provider, batch, inputs)
         self._place(model, provider, batch, inputs[0])  # the session loaded and took these inputs
         placement = self.placements.get((model.label, provider, batch))
-        nodes, fallbacks, ops = placement_summary(placement)
-        return [dict(row, nodes=nodes or None, cpu_fallbacks=fallbacks, fallback_ops=ops or None,
+        nodes, fallbacks, ops, shape_ops = placement_summary(placement)
+        return [dict(row, nodes=nodes or None, cpu_fallbacks=fallbacks, fallback_ops=ops or None, cpu_shape_ops=shape_ops,
                      top_ops=top_ops(placement) or None) for row in rows]  # fmt: skip
 
     def _measure(self, model: Model, provider: str, batch: int, inputs: list[dict]) -> list[dict]:

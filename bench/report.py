@@ -15,7 +15,7 @@ ROW_FIELDS = [
     "model", "path", "kind", "precision", "provider", "mode", "batch", "frames", "status", "parity_max_abs",
     "tolerance", "reference", "runs", "session_s", "first_run_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms",
     "min_ms", "max_ms", "videos_per_s", "peak_mem_mb", "gflops", "peak_gflops", "pct_peak", "speedup", "gap", "map",
-    "nodes", "cpu_fallbacks", "fallback_ops", "top_ops", "providers_loaded", "threads",
+    "nodes", "cpu_fallbacks", "fallback_ops", "cpu_shape_ops", "top_ops", "providers_loaded", "threads",
 ]  # fmt: skip
 TIMED_MODES = ("run", "tf")  # the modes a user calling the model gets (IO binding is the GPU-resident variant)
 
@@ -152,9 +152,9 @@ def placement_table(rows: list[dict]) -> str:
         if r.get("nodes") and key not in seen:
             seen.add(key)
             table.append([r["model"], r["provider"], r.get("batch"), r["nodes"], r.get("cpu_fallbacks"),
-                          r.get("fallback_ops") or "-", r.get("top_ops") or "-"])  # fmt: skip
+                          r.get("fallback_ops") or "-", "-" if r.get("cpu_shape_ops") is None else r["cpu_shape_ops"], r.get("top_ops") or "-"])  # fmt: skip
     headers = ["model", "provider", "batch", "nodes per provider", "CPU fallbacks", "fallback op types",
-               "kernel time by op type (one profiled run)"]  # fmt: skip
+               "integer shape nodes on CPU (by design)", "kernel time by op type (one profiled run)"]  # fmt: skip
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "(not profiled)"
 
 

@@ -195,10 +195,22 @@ class SavedModelRunner:
         self._serve = self._loaded = None
 
 
+INTEGER_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
+
+
+def _integer_only(args: dict) -> bool:
+    """Whether every output of a profiled node is an integer (or bool) tensor: shape and length arithmetic, which
+    ONNX Runtime keeps on the CPU by design on every GPU provider (ORT profiles list "output_type_shape")."""
+    outputs = args.get("output_type_shape") or []
+    return bool(outputs) and all(dtype in INTEGER_TYPES for out in outputs for dtype in out)
+
+
 def parse_profile(events: list[dict], main_provider: str) -> dict:
     """Which provider ran each node, from an ORT profile: {"nodes": {provider: count}, "fallbacks": count of nodes
-    not on `main_provider`'s device when that is a GPU provider, "fallback_ops": {op type: count}}."""
-    placed: dict[str, tuple[str, str]] = {}
+    on the CPU that compute floats (or whose outputs the profile does not type) while `main_provider` is a GPU
+    provider, "fallback_ops": {op type: count} of those, "shape_ops": count of integer-only nodes on the CPU
+    (shape arithmetic, placed there by ONNX Runtime on purpose), "op_ms": kernel ms per op type in the last run}."""
+    placed: dict[str, tuple[str, str, bool]] = {}
     runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     timed_from = runs[-1] if runs else 0  # the op times of the last run only (the first one allocates)
     op_ms: Counter = Counter()
@@ -206,14 +218,16 @@ def parse_profile(events: list[dict], main_provider: str) -> dict:
         args = event.get("args") or {}
         if event.get("cat") == "Node" and "provider" in args:
             name = event.get("name", "").removesuffix("_kernel_time")
-            placed[name] = (args["provider"], args.get("op_name", "?"))
+            placed[name] = (args["provider"], args.get("op_name", "?"), _integer_only(args))
             if event.get("ts", 0) >= timed_from:
                 op_ms[args.get("op_name", "?")] += event.get("dur", 0) / 1000
-    nodes = Counter(provider for provider, _ in placed.values())
-    on_cpu = Counter(op for provider, op in placed.values() if provider == "CPUExecutionProvider")
-    fallback_ops = dict(on_cpu) if main_provider != "CPUExecutionProvider" else {}
+    nodes = Counter(provider for provider, _, _ in placed.values())
+    on_gpu = main_provider != "CPUExecutionProvider"
+    on_cpu = [(op, integer) for provider, op, integer in placed.values() if provider == "CPUExecutionProvider"]
+    fallback_ops = dict(Counter(op for op, integer in on_cpu if not integer)) if on_gpu else {}
+    shape_ops = sum(integer for _, integer in on_cpu) if on_gpu else 0
     return {"nodes": dict(nodes), "fallbacks": sum(fallback_ops.values()), "fallback_ops": fallback_ops,
-            "op_ms": dict(op_ms)}
+            "shape_ops": shape_ops, "op_ms": dict(op_ms)}
 
 
 def node_placement(path: str, provider: str, threads: int, inputs: dict[str, np.ndarray]) -> dict:
@@ -238,11 +252,11 @@ def top_ops(placement: dict | None, count: int = 4) -> str:
     return ", ".join(f"{op} {100 * ms / total:.0f}%" for op, ms in ranked)
 
 
-def placement_summary(placement: dict | None) -> tuple[str, int | None, str]:
-    """(nodes per provider, CPU fallbacks, fallback op types) as report cells."""
+def placement_summary(placement: dict | None) -> tuple[str, int | None, str, int | None]:
+    """(nodes per provider, CPU fallbacks, fallback op types, integer shape nodes on the CPU) as report cells."""
     if not placement:
-        return "", None, ""
+        return "", None, "", None
     short = {p: p.removesuffix("ExecutionProvider") for p in placement["nodes"]}
     nodes = ", ".join(f"{short[p]} {n}" for p, n in sorted(placement["nodes"].items(), key=lambda kv: -kv[1]))
     ops = ", ".join(f"{op} x{n}" for op, n in sorted(placement["fallback_ops"].items(), key=lambda kv: -kv[1]))
-    return nodes, placement["fallbacks"], ops
+    return nodes, placement["fallbacks"], ops, placement.get("shape_ops")

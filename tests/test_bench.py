@@ -17,7 +17,7 @@ import pytest
 
 from bench.benchmark import BenchConfig, run_benchmark
 from bench.report import ROW_FIELDS, pareto_front
-from bench.runners import parse_profile, parse_providers, top_ops
+from bench.runners import parse_profile, parse_providers, placement_summary, top_ops
 from bench.timing import latency_stats, timed_runs
 from export.card import Accuracy, ModelCard, TensorSpec, Tolerance, write_card
 from vidistill.cli import main
@@ -148,23 +148,32 @@ def test_pareto_front_exact():
 
 
 def test_parse_profile_counts_cpu_fallbacks_and_times_the_last_run():
-    def node(name, op, provider, ts, dur):
-        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur,
-                "args": {"op_name": op, "provider": provider}}  # fmt: skip
+    def node(name, op, provider, ts, dur, out=None):
+        args = {"op_name": op, "provider": provider}
+        if out is not None:
+            args["output_type_shape"] = out
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": args}
 
     events = [
         {"cat": "Session", "name": "model_run", "ts": 0, "args": {}},
         node("mm", "MatMul", "CUDAExecutionProvider", 1, 9000), node("sig", "Sigmoid", "CUDAExecutionProvider", 2, 10),
-        node("topk", "TopK", "CPUExecutionProvider", 3, 10), node("shape", "Shape", "CPUExecutionProvider", 4, 10),
+        node("topk", "TopK", "CPUExecutionProvider", 3, 10, [{"float": [1, 20]}, {"int64": [1, 20]}]),
+        node("untyped", "Slice", "CPUExecutionProvider", 4, 10),
+        # what the GPU run showed: the LSTMs' initial-state shapes, computed on the CPU (integer outputs only)
+        node("shape_cast", "Cast", "CPUExecutionProvider", 5, 10, [{"int32": [3]}]),
+        node("zeros_dims", "Concat", "CPUExecutionProvider", 6, 10, [{"int64": [2]}]),
         {"cat": "Session", "name": "model_run", "ts": 100, "args": {}},  # the second run: its times count
         node("mm", "MatMul", "CUDAExecutionProvider", 101, 3000), node("topk", "TopK", "CPUExecutionProvider", 102, 1000),
     ]  # fmt: skip
     placement = parse_profile(events, "CUDAExecutionProvider")
     assert placement == {
-        "nodes": {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 2},
-        "fallbacks": 2, "fallback_ops": {"TopK": 1, "Shape": 1}, "op_ms": {"MatMul": 3.0, "TopK": 1.0},
+        "nodes": {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 4},
+        "fallbacks": 2, "fallback_ops": {"TopK": 1, "Slice": 1}, "shape_ops": 2,
+        "op_ms": {"MatMul": 3.0, "TopK": 1.0},
     }  # fmt: skip
-    assert parse_profile(events, "CPUExecutionProvider")["fallbacks"] == 0
+    assert placement_summary(placement) == ("CPU 4, CUDA 2", 2, "TopK x1, Slice x1", 2)
+    on_cpu = parse_profile(events, "CPUExecutionProvider")
+    assert on_cpu["fallbacks"] == 0 and on_cpu["shape_ops"] == 0
     assert top_ops(placement) == "MatMul 75%, TopK 25%"
 
 
@@ -179,6 +188,11 @@ def test_unknown_provider_is_an_error_before_anything_runs(models, tmp_path, cap
         "vidistill bench: error: unknown provider 'rocm': choose from cpu, cuda, tensorrt (comma-separated), or auto"
     ]
     assert not report.exists()
+    for flag, value, message in (("--min-runs", "0", "--min-runs must be at least 1, not 0"),
+                                 ("--time-cap", "-1", "--time-cap must be positive, not -1.0")):  # fmt: skip
+        assert main(["bench", models["fp32"], flag, value, "--report", str(report)]) == 2
+        assert capsys.readouterr().err.strip() == f"vidistill bench: error: {message}"
+        assert not report.exists()
 
 
 def test_bench_onnx_rows_report_and_failures(models, tmp_path):

@@ -40,8 +40,9 @@ pack() { tar czf "$OUT/reports.tar.gz" -C "$REPORTS" . 2>/dev/null; }
 step machine bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1; python3 -V; nproc; free -g | head -2'
 if [[ $DRY -eq 0 ]]; then
   export PYTHONPATH="/tmp/site:$PYTHONPATH"
-  step join bash -c 'cat .ortgpu/p* > /tmp/ort.whl && echo "$(cat .ortgpu/sha256)  /tmp/ort.whl" | sha256sum -c -'
-  step install python3 -m pip install -q --no-deps --no-index --no-compile --target /tmp/site /tmp/ort.whl
+  export WHEEL=/tmp/onnxruntime_gpu-${ORT_GPU_VERSION:-1.31.1}-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+  step join bash -c 'cat .ortgpu/p* > $WHEEL && echo "$(cat .ortgpu/sha256)  $WHEEL" | sha256sum -c -'
+  step install python3 -m pip install -q --no-deps --no-index --no-compile --target /tmp/site "$WHEEL"
   PROVIDERS=cuda; DURATION=1; MIN_RUNS=20; TIME_CAP=5; BATCHES=${BATCHES:-1,64,256}
 else
   PROVIDERS=cpu; DURATION=0.2; MIN_RUNS=3; TIME_CAP=2; BATCHES=${BATCHES:-1}
