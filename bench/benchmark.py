@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench import report as reporting
-from bench.inputs import DEFAULT_SETS, input_names, inputs_for_card
-from bench.roofline import achieved_gflops, onnx_matmul_peak, peak_dtype, tf_matmul_peak
-from bench.runners import (
+from vidistill.bench import report as reporting
+from vidistill.bench.inputs import DEFAULT_SETS, input_names, inputs_for_card
+from vidistill.bench.roofline import achieved_gflops, onnx_matmul_peak, peak_dtype, tf_matmul_peak
+from vidistill.bench.runners import (
     OnnxRunner,
     SavedModelRunner,
     first_line,
@@ -30,10 +30,10 @@ from bench.runners import (
     top_ops,
     probe_provider,
 )
-from bench.system import physical_cores, system_info
-from bench.timing import PeakRSS, latency_stats, time_once, timed_runs
-from export.card import read_card
-from export.sessions import GPU_PROVIDERS, PROVIDER_NAMES, ProviderUnavailable
+from vidistill.bench.system import physical_cores, system_info
+from vidistill.bench.timing import PeakRSS, latency_stats, time_once, timed_runs
+from vidistill.export.card import read_card
+from vidistill.export.sessions import GPU_PROVIDERS, PROVIDER_NAMES, ProviderUnavailable
 
 DISPLAY = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
 

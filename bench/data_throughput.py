@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from yt8m.quantize import dequantize
-from yt8m.readers import FRAME_CONTEXT, FRAME_LISTS, read_frame_dataset, record_stream
+from vidistill.yt8m.quantize import dequantize
+from vidistill.yt8m.readers import FRAME_CONTEXT, FRAME_LISTS, read_frame_dataset, record_stream
 
 
 @dataclass

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from yt8m.constants import FEATURE_SIZE
-from yt8m.quantize import dequantize
+from vidistill.yt8m.constants import FEATURE_SIZE
+from vidistill.yt8m.quantize import dequantize
 
 DEFAULT_SETS = 4
 MAX_BYTES = 2 << 30  # all sets of one batch size together

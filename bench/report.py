@@ -168,7 +168,7 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 
 def _markdown(rows: list[dict], meta: dict) -> str:
-    from bench.system import describe
+    from vidistill.bench.system import describe
 
     config = meta["config"]
     lines = [

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bench.runners import first_line
-from export.sessions import GPU_PROVIDERS, create_session
+from vidistill.bench.runners import first_line
+from vidistill.export.sessions import GPU_PROVIDERS, create_session
 
 CPU_SIZE = 2048
 GPU_SIZE = 8192

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from export.sessions import (
+from vidistill.export.sessions import (
     EXECUTION_PROVIDERS,
     GPU_PROVIDERS,
     PROVIDER_NAMES,

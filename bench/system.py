@@ -9,7 +9,7 @@ import platform
 
 import psutil
 
-from export.sessions import gpus
+from vidistill.export.sessions import gpus
 
 
 def physical_cores() -> int:

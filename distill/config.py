@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from distill.losses import LossWeights
-from students.student import StudentConfig
-from teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields
+from vidistill.distill.losses import LossWeights
+from vidistill.students.student import StudentConfig
+from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields
 
 MODES = ("parallel", "serial", "teacher", "student")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from distill.losses import LossWeights, cross_entropy
+from vidistill.distill.losses import LossWeights, cross_entropy
 
 
 def _inputs(batch):

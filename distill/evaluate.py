@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from distill.losses import cross_entropy
-from yt8m.metrics import VideoMetrics
-from yt8m.readers import data_errors, read_frame_dataset
+from vidistill.distill.losses import cross_entropy
+from vidistill.yt8m.metrics import VideoMetrics
+from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
 
 def _predictor(model):
@@ -81,7 +81,7 @@ def rated_segment_predictions(model, pattern: str, *, num_classes: int, max_fram
 
 def evaluate_segments(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64) -> dict:
     """The Kaggle 2019 segment MAP@100000 over the rated segments (only rated classes are ranked)."""
-    from yt8m.segment_metrics import segment_map
+    from vidistill.yt8m.segment_metrics import segment_map
 
     ids, scores, labels, weights = rated_segment_predictions(
         model, pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size
@@ -96,7 +96,7 @@ def evaluate_segments(model, pattern: str, *, num_classes: int, max_frames: int,
 def all_segment_predictions(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64):
     """(segment ids, predictions [S, C]) for every 5-frame chunk (starts 0, 5, 10, ...) of every video, as the
     official segment inference cuts them (the last partial chunk zero-padded)."""
-    from yt8m.constants import SEGMENT_FRAMES
+    from vidistill.yt8m.constants import SEGMENT_FRAMES
 
     predict = _predictor(model)
     ds = read_frame_dataset(pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size,

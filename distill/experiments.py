@@ -18,11 +18,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from distill.config import DataConfig, OptimizerConfig, TrainConfig
-from distill.losses import LossWeights
-from students.student import student_config, width_for_parameters
-from teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig
-from teachers.registry import build_model
+from vidistill.distill.config import DataConfig, OptimizerConfig, TrainConfig
+from vidistill.distill.losses import LossWeights
+from vidistill.students.student import student_config, width_for_parameters
+from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig
+from vidistill.teachers.registry import build_model
 
 POLICY_ROWS = {"uniform": "Uniform-k", "random": "Random-k", "first": "First-k", "middle": "Middle-k",
                "last": "Last-k", "fml": "First-Middle-Last-k"}  # fmt: skip
@@ -85,7 +85,7 @@ def _vlad_teacher(config: Table1Config) -> NetVLADConfig:
 
 def _train_cell(config: TrainConfig, run_dir: str) -> dict:
     """One cell, in the child process: trains, then returns its held-out metrics, parameters and frames."""
-    from distill.trainer import Run
+    from vidistill.distill.trainer import Run
 
     summary = Run(config, run_dir).train(progress=False)
     model_config = config.student.model if config.student else config.teacher
@@ -150,7 +150,7 @@ class Table1:
         return parallel + [("serial", name) for name in LOSS_ROWS if name in c.losses or name in c.serial_losses]
 
     def _data(self) -> None:
-        from yt8m.synthetic import SynthConfig, write_dataset
+        from vidistill.yt8m.synthetic import SynthConfig, write_dataset
 
         if os.path.exists(os.path.join(self.data_dir, "synth.yaml")):
             return

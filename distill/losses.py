@@ -24,7 +24,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like eve
 
 import tensorflow as tf  # noqa: E402
 
-from yt8m.loss import cross_entropy  # noqa: E402 - the official loss, L_CE
+from vidistill.yt8m.loss import cross_entropy  # noqa: E402 - the official loss, L_CE
 
 __all__ = [
     "HEADS",

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import tf_keras as keras
 
-from distill.config import load_train_config
-from distill.trainer import build_models, restore_models
-from students.convert import is_student_dir, load_student, save_student
-from yt8m.constants import MAX_FRAMES
+from vidistill.distill.config import load_train_config
+from vidistill.distill.trainer import build_models, restore_models
+from vidistill.students.convert import is_student_dir, load_student, save_student
+from vidistill.yt8m.constants import MAX_FRAMES
 
 
 @dataclass

@@ -20,12 +20,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from distill.config import TrainConfig, load_train_config, save_train_config
-from distill.distiller import Distiller
-from students.convert import load_student_weights
-from students.student import RepresentationProjection, build_student
-from teachers.registry import build_model
-from yt8m.readers import list_files, read_frame_dataset
+from vidistill.distill.config import TrainConfig, load_train_config, save_train_config
+from vidistill.distill.distiller import Distiller
+from vidistill.students.convert import load_student_weights
+from vidistill.students.student import RepresentationProjection, build_student
+from vidistill.teachers.registry import build_model
+from vidistill.yt8m.readers import list_files, read_frame_dataset
 
 CHECKPOINTS = "checkpoints"
 BEST = os.path.join(CHECKPOINTS, "best")
@@ -324,7 +324,7 @@ class Run:
         return averaged
 
     def evaluate_and_keep_best(self, step: int, tag: str = "") -> dict:
-        from distill.evaluate import evaluate_model
+        from vidistill.distill.evaluate import evaluate_model
 
         self.last_eval_step = step
 
@@ -361,6 +361,11 @@ class Run:
             return
         with open(os.path.join(self.run_dir, name), "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, run_dir: str, *, resume: bool = False, progress: bool = True) -> dict:
+    """Trains `config` into `run_dir` (continuing its checkpoints with `resume`); returns the run's summary."""
+    return Run(config, run_dir, resume=resume).train(progress=progress)
 
 
 def _best_gap(run_dir: str) -> float | None:

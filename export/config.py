@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from export.card import Tolerance
+from vidistill.export.card import Tolerance
 
 TF_PRECISIONS = ("tf-fp32", "tf-bf16")
 TARGETS = ("cpu", "cuda")

@@ -20,18 +20,18 @@ import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
-from export import onnx_export, precision, quantize
-from export.card import Accuracy, ModelCard, Parity, card_path, write_card
-from export.config import ONNX_PRECISIONS, TF_PRECISIONS, TOLERANCES, ExportConfig
-from export.errors import ExportError
-from export.predictor import Predictor, frames_to_read, prepare_inputs
-from export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
-from export.sessions import available_providers
-from export.source import ExportSource
-from teachers.registry import model_flops
-from yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
-from yt8m.metrics import VideoMetrics
-from yt8m.readers import data_errors, read_frame_dataset
+from vidistill.export import onnx_export, precision, quantize
+from vidistill.export.card import Accuracy, ModelCard, Parity, card_path, write_card
+from vidistill.export.config import ONNX_PRECISIONS, TF_PRECISIONS, TOLERANCES, ExportConfig
+from vidistill.export.errors import ExportError
+from vidistill.export.predictor import Predictor, frames_to_read, prepare_inputs
+from vidistill.export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
+from vidistill.export.sessions import available_providers
+from vidistill.export.source import ExportSource
+from vidistill.teachers.registry import model_flops
+from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
+from vidistill.yt8m.metrics import VideoMetrics
+from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
 # Below this many held-out videos a GAP difference is noise (its standard error is several points): accuracy is
 # still reported, but the GAP-drop tolerance is not applied (the card says so).
@@ -163,7 +163,7 @@ class Exporter:
             yield prepare_inputs(self.source, frames, num_frames)
 
     def _qat(self):
-        from export import qat
+        from vidistill.export import qat
 
         pattern = self.config.calibration_data
         model = qat.quantize_aware(self.source.network)

@@ -96,7 +96,7 @@ def random_values(name: str, dims: list[int], data_type: int, seed: int = 0, pos
         if data_type == TensorProto.FLOAT16:
             return values.astype(np.float16).tobytes()
         if data_type == TensorProto.BFLOAT16:
-            from export.precision import bf16_bits
+            from vidistill.export.precision import bf16_bits
 
             return bf16_bits(values).tobytes()
         return values.astype(np.float64 if data_type == TensorProto.DOUBLE else np.float32).tobytes()

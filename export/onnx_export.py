@@ -21,10 +21,10 @@ import onnx
 import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
-from export.errors import ExportError
-from teachers.config import HLSTMConfig, ModelConfig, RNNConfig
-from teachers.recurrent import StackedRNN
-from yt8m.constants import FEATURE_SIZE
+from vidistill.export.errors import ExportError
+from vidistill.teachers.config import HLSTMConfig, ModelConfig, RNNConfig
+from vidistill.teachers.recurrent import StackedRNN
+from vidistill.yt8m.constants import FEATURE_SIZE
 
 OPSET = 17
 RECURRENT_OPS = ("LSTM", "GRU")

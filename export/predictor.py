@@ -15,11 +15,11 @@ import os
 
 import numpy as np
 
-from export.card import ModelCard, read_card
-from export.sessions import create_session
-from students.selection_numpy import select_frames
-from yt8m.constants import FEATURE_SIZE, MAX_FRAMES
-from yt8m.quantize import dequantize
+from vidistill.export.card import ModelCard, read_card
+from vidistill.export.sessions import create_session
+from vidistill.students.selection_numpy import select_frames
+from vidistill.yt8m.constants import FEATURE_SIZE, MAX_FRAMES
+from vidistill.yt8m.quantize import dequantize
 
 def frames_to_read(model) -> int:
     """Frames to read per video for `model` (a ModelCard or an ExportSource: anything with `selection` and
@@ -92,7 +92,7 @@ class Predictor:
 
     def predict_records(self, pattern: str, batch_size: int = 64):
         """(ids, probabilities [B, C], labels [B, C]) per batch of frame-level tfrecords (needs TensorFlow)."""
-        from yt8m.readers import data_errors, read_frame_dataset
+        from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
         ds = read_frame_dataset(pattern, num_classes=self.card.classes, max_frames=frames_to_read(self.card),
                                 batch_size=batch_size, deterministic=True)  # fmt: skip

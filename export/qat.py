@@ -48,7 +48,7 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tensorflow.python.ops import gen_array_ops  # noqa: E402  (QuantizeAndDequantizeV3: per-axis, range given)
 
-from yt8m.loss import cross_entropy  # noqa: E402
+from vidistill.yt8m.loss import cross_entropy  # noqa: E402
 
 __all__ = [
     "InputQuantizedDense",
@@ -487,9 +487,9 @@ def selected_frames_dataset(
     student's own frame selection (its k, policy and seed; inference mode, so `random` is deterministic) applied
     to each video, so that the batches match the backbone's inputs. `num_classes` defaults to the student's,
     `max_frames` to the format's 300."""
-    from students.selection import select_frames
-    from yt8m.constants import MAX_FRAMES
-    from yt8m.readers import read_frame_dataset
+    from vidistill.students.selection import select_frames
+    from vidistill.yt8m.constants import MAX_FRAMES
+    from vidistill.yt8m.readers import read_frame_dataset
 
     model = student_config.model
     classes = model.num_classes if num_classes is None else num_classes

@@ -12,10 +12,10 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from export.errors import ExportError
-from yt8m.constants import FEATURE_SIZE
+from vidistill.export.errors import ExportError
+from vidistill.yt8m.constants import FEATURE_SIZE
 
-from export.config import TF_PRECISIONS
+from vidistill.export.config import TF_PRECISIONS
 _MIN_BF16_ELEMENTS = 64  # small constants (shapes, scalars, biases of tiny layers) stay float32
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import tf_keras as keras
 
-from export.card import TensorSpec
-from students.student import StudentConfig
-from teachers.config import ModelConfig, config_to_dict
-from yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
+from vidistill.export.card import TensorSpec
+from vidistill.students.student import StudentConfig
+from vidistill.teachers.config import ModelConfig, config_to_dict
+from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 
 
 @dataclass

@@ -16,8 +16,8 @@ import tensorflow as tf
 import tf_keras as keras
 import yaml
 
-from students.student import StudentConfig, build_student
-from yt8m.constants import FEATURE_SIZE
+from vidistill.students.student import StudentConfig, build_student
+from vidistill.yt8m.constants import FEATURE_SIZE
 
 CONFIG = "student.yaml"
 WEIGHTS = "weights"

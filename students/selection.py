@@ -54,6 +54,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras  # students/__init__.py has set TF_USE_LEGACY_KERAS=1 before TensorFlow was imported
 
+from vidistill.students.policies import POLICIES, fml_block_sizes
+from vidistill.students.policies import validate as _validate
+
 __all__ = [
     "POLICIES",
     "FrameSelector",
@@ -62,28 +65,7 @@ __all__ = [
     "selection_indices",
 ]
 
-POLICIES = ("uniform", "random", "first", "middle", "last", "fml")
-
 _M32 = 0xFFFFFFFF
-
-
-def _validate(k, policy) -> tuple[int, str]:
-    if isinstance(k, np.integer):
-        k = int(k)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be a Python int >= 1 (the number of frames to select), got k={k!r}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1 (the number of frames to select), got k={k}")
-    if policy not in POLICIES:
-        raise ValueError(f"unknown frame-selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    return k, policy
-
-
-def fml_block_sizes(k: int) -> tuple[int, int, int]:
-    """Sizes of the first, middle and last blocks of the ``fml`` policy: k // 3 each, +1 for the first k % 3."""
-    k, _ = _validate(k, "fml")
-    q, r = divmod(k, 3)
-    return q + (r > 0), q + (r > 1), q
 
 
 # ----------------------------------------------------------------------------------------------------------------

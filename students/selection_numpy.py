@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from students.selection import POLICIES, fml_block_sizes
+from vidistill.students.policies import POLICIES, fml_block_sizes
 
 _M32 = np.uint64(0xFFFFFFFF)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import tf_keras as keras
 
-from students.selection import POLICIES, FrameSelector
-from teachers.config import HLSTMConfig, ModelConfig, config_from_dict, config_to_dict, narrow
-from teachers.registry import build_model
+from vidistill.students.selection import POLICIES, FrameSelector
+from vidistill.teachers.config import HLSTMConfig, ModelConfig, config_from_dict, config_to_dict, narrow
+from vidistill.teachers.registry import build_model
 
 
 @dataclass
@@ -87,7 +87,7 @@ def width_for_parameters(base: ModelConfig, *, k: int, fraction: float, num_clas
 
 def build_student(config: StudentConfig, name: str = "student") -> keras.Model:
     """Whole video in, k selected frames through the backbone, {"predictions", "representation"} out."""
-    from yt8m.constants import FEATURE_SIZE
+    from vidistill.yt8m.constants import FEATURE_SIZE
 
     backbone = build_model(config.model, name=f"{name}_backbone")
     frames = keras.Input((None, FEATURE_SIZE), name="frames")

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from yt8m.constants import MAX_FRAMES, NUM_CLASSES
+from vidistill.yt8m.constants import MAX_FRAMES, NUM_CLASSES
 
 
 @dataclass

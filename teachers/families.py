@@ -1,4 +1,4 @@
 """Imports every family module so that each registers itself."""
 
-from teachers import recurrent  # noqa: F401
-from teachers import vlad  # noqa: F401
+from vidistill.teachers import recurrent  # noqa: F401
+from vidistill.teachers import vlad  # noqa: F401

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from teachers.config import HeadConfig
+from vidistill.teachers.config import HeadConfig
 
 BN = {"momentum": 0.999, "epsilon": 1e-3}
 

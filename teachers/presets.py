@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from teachers.config import HeadConfig, HLSTMConfig, ModelConfig, NetVLADConfig, NeXtVLADConfig, RNNConfig, load_config
+from vidistill.teachers.config import HeadConfig, HLSTMConfig, ModelConfig, NetVLADConfig, NeXtVLADConfig, RNNConfig, load_config
 
 PRESETS: dict[str, ModelConfig] = {
     # reference sizes (models.md / paper.md): parameter counts asserted in tests

@@ -9,10 +9,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from teachers.config import HLSTMConfig, RNNConfig
-from teachers.heads import head_flops
-from teachers.registry import register
-from yt8m.constants import FEATURE_SIZE
+from vidistill.teachers.config import HLSTMConfig, RNNConfig
+from vidistill.teachers.heads import head_flops
+from vidistill.teachers.registry import register
+from vidistill.yt8m.constants import FEATURE_SIZE
 
 
 def _l2_normalize_frames(frames):

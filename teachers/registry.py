@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import tf_keras as keras
 
-from teachers.config import ModelConfig
-from yt8m.constants import FEATURE_SIZE
+from vidistill.teachers.config import ModelConfig
+from vidistill.yt8m.constants import FEATURE_SIZE
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def register(family: str, *, flops: Callable[[ModelConfig], int]):
 
 
 def _family(config: ModelConfig) -> Family:
-    import teachers.families  # noqa: F401  (registers every family)
+    import vidistill.teachers.families  # noqa: F401  (registers every family)
 
     if config.family not in FAMILIES:
         raise ValueError(f"no builder registered for family {config.family!r}; known: {sorted(FAMILIES)}")
@@ -49,7 +49,7 @@ def model_inputs(frames: int) -> dict[str, keras.Input]:
 
 def build_model(config: ModelConfig, name: str | None = None) -> keras.Model:
     """The model a config describes (a functional tf_keras Model: encoder, then the classifier head)."""
-    from teachers.heads import ClassifierHead
+    from vidistill.teachers.heads import ClassifierHead
 
     inputs = model_inputs(config.frames)
     representation = _family(config).encoder(config)(inputs["frames"], inputs["num_frames"])

@@ -33,10 +33,10 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from teachers.config import NetVLADConfig, NeXtVLADConfig
-from teachers.heads import BN, ContextGating, head_flops
-from teachers.registry import register
-from yt8m.constants import AUDIO_SIZE, RGB_SIZE
+from vidistill.teachers.config import NetVLADConfig, NeXtVLADConfig
+from vidistill.teachers.heads import BN, ContextGating, head_flops
+from vidistill.teachers.registry import register
+from vidistill.yt8m.constants import AUDIO_SIZE, RGB_SIZE
 
 
 def _frame_bn(name: str) -> keras.layers.BatchNormalization:

@@ -15,11 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from bench.benchmark import BenchConfig, run_benchmark
-from bench.report import ROW_FIELDS, pareto_front
-from bench.runners import parse_profile, parse_providers, placement_summary, top_ops
-from bench.timing import latency_stats, timed_runs
-from export.card import Accuracy, ModelCard, TensorSpec, Tolerance, write_card
+from vidistill.bench.benchmark import BenchConfig, run_benchmark
+from vidistill.bench.report import ROW_FIELDS, pareto_front
+from vidistill.bench.runners import parse_profile, parse_providers, placement_summary, top_ops
+from vidistill.bench.timing import latency_stats, timed_runs
+from vidistill.export.card import Accuracy, ModelCard, TensorSpec, Tolerance, write_card
 from vidistill.cli import main
 
 T, F, C, E = 4, 1152, 5, 8
@@ -259,7 +259,7 @@ def test_bench_onnx_rows_report_and_failures(models, tmp_path):
 
 def test_interrupted_run_keeps_measured_rows(models, tmp_path, monkeypatch):
     """Interrupted at the second model: the first model's rows are in rows.jsonl and in the report files."""
-    from bench.benchmark import Benchmark
+    from vidistill.bench.benchmark import Benchmark
 
     measure = Benchmark._bench_cell
 

@@ -8,15 +8,15 @@ import os
 
 import numpy as np
 
-import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from distill.config import DataConfig, TrainConfig, load_train_config  # noqa: E402
-from distill.trainer import Run, build_models, restore_models  # noqa: E402
-from students.student import student_config  # noqa: E402
-from teachers.config import HLSTMConfig  # noqa: E402
-from teachers.heads import ClassifierHead  # noqa: E402
+from vidistill.distill.config import DataConfig, TrainConfig, load_train_config  # noqa: E402
+from vidistill.distill.trainer import Run, build_models, restore_models  # noqa: E402
+from vidistill.students.student import student_config  # noqa: E402
+from vidistill.teachers.config import HLSTMConfig  # noqa: E402
+from vidistill.teachers.heads import ClassifierHead  # noqa: E402
 from vidistill.cli import main  # noqa: E402
 
 CLASSES = 4

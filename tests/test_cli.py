@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vidistill.cli import COMMANDS, main
-from yt8m.metrics import gap, hit_at_one, mean_average_precision, perr
+from vidistill.yt8m.metrics import gap, hit_at_one, mean_average_precision, perr
 
 CLASSES = 6
 VIDEOS = 40  # held out: 40 // 5 = 8
@@ -77,8 +77,8 @@ def test_synth_writes_what_it_says(data):
 
 
 def test_baseline_then_score(data, predictions, capsys):
-    from yt8m.readers import read_ground_truth
-    from yt8m.submission import read_video_predictions
+    from vidistill.yt8m.readers import read_ground_truth
+    from vidistill.yt8m.submission import read_video_predictions
 
     validate = str(data / "validate-*.tfrecord")
     truth = read_ground_truth(validate, num_classes=CLASSES)
@@ -128,7 +128,7 @@ def test_score_counts_missing_predictions(data, predictions, tmp_path, capsys):
 
 
 def _segment_truth(segment_data):
-    from yt8m.readers import read_ground_truth
+    from vidistill.yt8m.readers import read_ground_truth
 
     truth = read_ground_truth(str(segment_data / "validate-*.tfrecord"), num_classes=CLASSES)
     rated = sorted({(seg, cls, score) for cls, scores in truth.segments.items() for seg, score in scores.items()})
@@ -136,7 +136,7 @@ def _segment_truth(segment_data):
 
 
 def _write_ranking(path, rated, score_of):
-    from yt8m.submission import write_segment_predictions
+    from vidistill.yt8m.submission import write_segment_predictions
 
     ids = sorted({seg for seg, _, _ in rated})
     index = {seg: i for i, seg in enumerate(ids)}

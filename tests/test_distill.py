@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 import yaml
 
-import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
-from distill.config import DataConfig, TrainConfig, load_train_config  # noqa: E402
-from distill.trainer import Run, TrainingError  # noqa: E402
-from students.student import student_config  # noqa: E402
-from teachers.config import HLSTMConfig, save_config  # noqa: E402
+from vidistill.distill.config import DataConfig, TrainConfig, load_train_config  # noqa: E402
+from vidistill.distill.trainer import Run, TrainingError  # noqa: E402
+from vidistill.students.student import student_config  # noqa: E402
+from vidistill.teachers.config import HLSTMConfig, save_config  # noqa: E402
 from vidistill.cli import main  # noqa: E402
 
 CLASSES = 6
@@ -93,7 +93,7 @@ def _model_variables(checkpoint_path: str, model: str) -> dict[str, np.ndarray]:
 
 
 def _batch(pattern: str, batch_size: int = 4, max_frames: int = FRAMES) -> dict:
-    from yt8m.readers import read_frame_dataset
+    from vidistill.yt8m.readers import read_frame_dataset
 
     ds = read_frame_dataset(
         pattern, num_classes=CLASSES, max_frames=max_frames, batch_size=batch_size, deterministic=True
@@ -228,8 +228,8 @@ def test_parallel_student_loss_falls(parallel_run):
 def test_student_losses_never_reach_the_teacher(data):
     """Every student loss term has no gradient path to the teacher (the projection and the student do get one);
     the teacher's own L_CE does reach it; in serial mode the teacher is not even a trainable variable."""
-    from distill.distiller import Distiller
-    from distill.trainer import build_models
+    from vidistill.distill.distiller import Distiller
+    from vidistill.distill.trainer import build_models
 
     config = TrainConfig(
         mode="parallel",
@@ -265,7 +265,7 @@ def test_student_losses_never_reach_the_teacher(data):
 
 
 def test_serial_teacher_is_frozen_parallel_teacher_learns(parallel_run, serial_run, teacher_run):
-    from distill.trainer import latest_checkpoint
+    from vidistill.distill.trainer import latest_checkpoint
 
     # serial: the teacher in every checkpoint is bit for bit the one restored from the teacher run
     source = _model_variables(latest_checkpoint(str(teacher_run)), "teacher")
@@ -295,8 +295,8 @@ def test_serial_teacher_is_frozen_parallel_teacher_learns(parallel_run, serial_r
 def test_convert_parity(parallel_run, converted, data):
     """The joint model's student, the converted Keras student and the SavedModel predict the same, for whole
     videos of any length (padded to 40 or 64 frames, or each one cut to its own length)."""
-    from distill.runs import load_model
-    from students.convert import load_student
+    from vidistill.distill.runs import load_model
+    from vidistill.students.convert import load_student
 
     assert sorted(os.listdir(converted)) == ["saved_model", "student.yaml", "weights"]
     joint = load_model(str(parallel_run), "student").model
@@ -549,7 +549,7 @@ def test_resume_restores_the_optimizer_state(killed_run):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(killed_run, data):
     """The resumed run of the SIGKILL test goes on with a poisoned weight: it stops at the first non-finite loss,
     writes no checkpoint of the diverged model, and names the last good one, which still loads."""
-    from distill.runs import load_model
+    from vidistill.distill.runs import load_model
 
     run, run_dir = killed_run["run"], killed_run["dir"]
     good = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
@@ -619,7 +619,7 @@ def _student_weights(student_dir) -> dict[str, np.ndarray]:
 
 
 def test_finetune(converted, teacher_run, data, tmp_path, capsys):
-    from distill.trainer import latest_checkpoint
+    from vidistill.distill.trainer import latest_checkpoint
 
     original = _student_weights(converted)
     assert len(original) >= 6
@@ -686,9 +686,9 @@ def test_runs_stop_at_exactly_the_requested_step_and_resume_off_the_grid(model_y
 def test_a_step_that_would_train_nothing_is_an_error_not_a_silent_no_op():
     import tf_keras as keras
 
-    from distill.distiller import Distiller
-    from distill.losses import LossWeights
-    from students.student import build_student
+    from vidistill.distill.distiller import Distiller
+    from vidistill.distill.losses import LossWeights
+    from vidistill.students.student import build_student
 
     student = build_student(student_config(TEACHER, k=K))
     student.trainable = False

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 
 from vidistill.cli import main
@@ -90,13 +90,13 @@ tf.config.set_logical_device_configuration(
 import numpy as np
 import pytest
 import tf_keras as keras
-from distill.config import DataConfig, TrainConfig
-from distill.distiller import Distiller
-from distill.losses import LossWeights
-from distill.trainer import Run
-from students.student import build_student, student_config
-from teachers.config import HLSTMConfig
-from teachers.registry import build_model
+from vidistill.distill.config import DataConfig, TrainConfig
+from vidistill.distill.distiller import Distiller
+from vidistill.distill.losses import LossWeights
+from vidistill.distill.trainer import Run
+from vidistill.students.student import build_student, student_config
+from vidistill.teachers.config import HLSTMConfig
+from vidistill.teachers.registry import build_model
 
 # one MirroredStrategy for the whole process: two of them would reuse the same collective-op keys
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from distill.experiments import Table1, Table1Config
+from vidistill.distill.experiments import Table1, Table1Config
 
 
 def test_table1_miniature_runs_every_row_and_resumes(tmp_path):

@@ -11,23 +11,23 @@ import numpy as np
 import onnx
 import pytest
 
-import export  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from export import precision  # noqa: E402
-from export.card import read_card  # noqa: E402
-from export.config import PRECISIONS, ExportConfig  # noqa: E402
-from export.onnx_export import convert  # noqa: E402
-from export.predictor import Predictor  # noqa: E402
-from export.sessions import gpu_present  # noqa: E402
-from students import selection, selection_numpy  # noqa: E402
-from students.convert import save_student  # noqa: E402
-from students.student import build_student, student_config  # noqa: E402
-from teachers.config import HeadConfig, HLSTMConfig, NeXtVLADConfig, RNNConfig  # noqa: E402
-from teachers.registry import build_model  # noqa: E402
+from vidistill.export import precision  # noqa: E402
+from vidistill.export.card import read_card  # noqa: E402
+from vidistill.export.config import PRECISIONS, ExportConfig  # noqa: E402
+from vidistill.export.onnx_export import convert  # noqa: E402
+from vidistill.export.predictor import Predictor  # noqa: E402
+from vidistill.export.sessions import gpu_present  # noqa: E402
+from vidistill.students import selection, selection_numpy  # noqa: E402
+from vidistill.students.convert import save_student  # noqa: E402
+from vidistill.students.student import build_student, student_config  # noqa: E402
+from vidistill.teachers.config import HeadConfig, HLSTMConfig, NeXtVLADConfig, RNNConfig  # noqa: E402
+from vidistill.teachers.registry import build_model  # noqa: E402
 from vidistill.cli import main  # noqa: E402
-from yt8m.records import write_records  # noqa: E402
+from vidistill.yt8m.records import write_records  # noqa: E402
 
 CLASSES = 5
 FRAMES = 40
@@ -221,8 +221,8 @@ def test_int8_variants_have_the_expected_operators(hlstm_export):
 
 # ------------------------------------------------------------------------------------------------ Predictor
 def test_predictor_runs_raw_videos_like_the_tf_student(hlstm_export, hlstm_student):
-    from students.convert import load_student
-    from yt8m.quantize import dequantize
+    from vidistill.students.convert import load_student
+    from vidistill.yt8m.quantize import dequantize
 
     predictor = Predictor(str(hlstm_export / "fp32.onnx"))
     rng = np.random.default_rng(3)
@@ -239,7 +239,7 @@ def test_predictor_runs_raw_videos_like_the_tf_student(hlstm_export, hlstm_stude
 
 
 def test_predictor_provider_errors(hlstm_export):
-    from export.sessions import ProviderUnavailable, gpu_present
+    from vidistill.export.sessions import ProviderUnavailable, gpu_present
 
     with pytest.raises(ValueError, match=r"unknown provider 'gpu': choose from cpu, cuda, tensorrt"):
         Predictor(str(hlstm_export / "fp32.onnx"), provider="gpu")
@@ -249,7 +249,7 @@ def test_predictor_provider_errors(hlstm_export):
 
 
 def test_held_out_inputs_are_cached_for_a_student_and_read_again_past_the_budget(monkeypatch, hlstm_student, data):
-    from export.exporter import HeldOut
+    from vidistill.export.exporter import HeldOut
     from vidistill.commands.export import resolve_source
 
     source = resolve_source(hlstm_student)
@@ -308,7 +308,7 @@ def test_bad_input_errors(capsys, tmp_path, hlstm_student, data):
 def test_past_tolerance_exits_nonzero_and_failed_export_leaves_no_file(
     monkeypatch, capsys, tmp_path, hlstm_student, data
 ):
-    from export import config, exporter, quantize
+    from vidistill.export import config, exporter, quantize
 
     monkeypatch.setitem(config.TOLERANCES, "fp16", config.Tolerance(max_abs=0.0, gap_drop=0.0))
     out = tmp_path / "strict"

@@ -23,9 +23,9 @@ import json, os, sys, threading, time
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import psutil
-from export import onnx_export
-from teachers.config import HLSTMConfig
-from teachers.registry import build_model
+from vidistill.export import onnx_export
+from vidistill.teachers.config import HLSTMConfig
+from vidistill.teachers.registry import build_model
 
 process = psutil.Process()
 

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.external_data import fill_weights, random_values, split_weights
-from export.precision import bf16_values, lower_precision
+from vidistill.export.external_data import fill_weights, random_values, split_weights
+from vidistill.export.precision import bf16_values, lower_precision
 
 
 C = 512
@@ -122,7 +122,7 @@ def test_fill_refuses_a_file_with_its_weights_inside(tmp_path):
 
 
 def test_fill_cli(tmp_path, capsys):
-    from bench.gpu.fill import main
+    from vidistill.bench.gpu.fill import main
 
     graph, data = split_weights(_model(), str(tmp_path / "m.onnx"))
     os.remove(data)

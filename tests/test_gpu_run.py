@@ -11,14 +11,14 @@ import tarfile
 import onnx
 import pytest
 
-import export  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from bench.gpu.prepare import _graph_only  # noqa: E402
-from export.card import read_card  # noqa: E402
-from export.config import ExportConfig  # noqa: E402
-from export.exporter import export as export_model  # noqa: E402
-from export.source import teacher_source  # noqa: E402
-from teachers.config import HLSTMConfig  # noqa: E402
-from teachers.registry import build_model  # noqa: E402
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from vidistill.bench.gpu.prepare import _graph_only  # noqa: E402
+from vidistill.export.card import read_card  # noqa: E402
+from vidistill.export.config import ExportConfig  # noqa: E402
+from vidistill.export.exporter import export as export_model  # noqa: E402
+from vidistill.export.source import teacher_source  # noqa: E402
+from vidistill.teachers.config import HLSTMConfig  # noqa: E402
+from vidistill.teachers.registry import build_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = HLSTMConfig(num_classes=300, frames=20, chunks=4, lower_cells=16, upper_cells=16, lower_layers=1,

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 
-from distill.losses import (  # noqa: E402
+from vidistill.distill.losses import (  # noqa: E402
     LOSSES,
     PREDICTION_LOSSES,
     LossWeights,

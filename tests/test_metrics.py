@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yt8m.metrics import VideoMetrics, gap, hit_at_one, mean_average_precision, perr, top_indices
-from yt8m.segment_metrics import segment_average_precision, segment_map
+from vidistill.yt8m.metrics import VideoMetrics, gap, hit_at_one, mean_average_precision, perr, top_indices
+from vidistill.yt8m.segment_metrics import segment_average_precision, segment_map
 
 # 3 videos x 4 classes. Video 2 has no labels.
 #   v0: scores [0.9, 0.8, 0.1, 0.0 ]  labels [1, 0, 1, 0]

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-import teachers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from teachers.config import (
+from vidistill.teachers.config import (
     HeadConfig,
     HLSTMConfig,
     RNNConfig,
@@ -22,8 +22,8 @@ from teachers.config import (
     narrow,
     save_config,
 )
-from teachers.presets import PRESETS, resolve
-from teachers.registry import build_model, model_flops
+from vidistill.teachers.presets import PRESETS, resolve
+from vidistill.teachers.registry import build_model, model_flops
 
 TINY_HLSTM = HLSTMConfig(
     num_classes=5, frames=6, chunks=2, lower_cells=4, lower_layers=1, upper_cells=3, upper_layers=1,
@@ -71,7 +71,7 @@ def test_rnn_flops_and_gru_parameters():
 
 def test_flops_fall_about_tenfold_from_300_to_30_frames():
     teacher = PRESETS["hlstm-paper"]
-    from students.student import student_config
+    from vidistill.students.student import student_config
 
     student = student_config(teacher, k=30).model
     assert (student.frames, student.chunks, student.chunk_frames) == (30, 5, 6)  # the paper's 5 chunks of 6
@@ -183,7 +183,7 @@ def test_narrow_scales_widths():
 
 # ------------------------------------------------------------------------------------------- students
 def test_student_selects_k_real_frames_then_runs_its_backbone():
-    from students.student import StudentConfig, build_student, student_config
+    from vidistill.students.student import StudentConfig, build_student, student_config
 
     config = student_config(TINY_HLSTM, k=4, policy="uniform")
     assert config.k == 4 and config.model.chunks == 2
@@ -223,7 +223,7 @@ def test_models_command_prints_counts_and_the_teacher_student_table(capsys):
 
 
 def test_cross_family_narrow_student_and_projection():
-    from students.student import RepresentationProjection, build_student, student_config
+    from vidistill.students.student import RepresentationProjection, build_student, student_config
 
     teacher = build_model(PRESETS["hlstm-small"])
     config = student_config(PRESETS["netvlad-small"], k=30, width=0.5, num_classes=100)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import export  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from export.qat import (  # noqa: E402
+from vidistill.export.qat import (  # noqa: E402
     SymmetricQuantizer,
     calibrate,
     is_calibrated,
@@ -24,12 +24,12 @@ from export.qat import (  # noqa: E402
     quantize_aware,
     selected_frames_dataset,
 )
-from students.student import build_student, student_config  # noqa: E402
-from teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig, NeXtVLADConfig  # noqa: E402
-from teachers.recurrent import StackedRNN  # noqa: E402
-from yt8m.loss import cross_entropy  # noqa: E402
-from yt8m.constants import AUDIO_SIZE, RGB_SIZE  # noqa: E402
-from yt8m.records import Video, write_frame_records  # noqa: E402
+from vidistill.students.student import build_student, student_config  # noqa: E402
+from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig, NeXtVLADConfig  # noqa: E402
+from vidistill.teachers.recurrent import StackedRNN  # noqa: E402
+from vidistill.yt8m.loss import cross_entropy  # noqa: E402
+from vidistill.yt8m.constants import AUDIO_SIZE, RGB_SIZE  # noqa: E402
+from vidistill.yt8m.records import Video, write_frame_records  # noqa: E402
 
 CLASSES = 4
 FRAMES = 12  # the records' max_frames
@@ -114,7 +114,7 @@ def test_selected_frames_dataset_feeds_the_backbone_what_the_student_selects(rec
     config = student_config(BASES["netvlad"], k=K, policy="fml")
     student = build_student(config)
     backbone = student.get_layer("student_backbone")
-    from yt8m.readers import read_frame_dataset
+    from vidistill.yt8m.readers import read_frame_dataset
 
     videos = next(iter(read_frame_dataset(records, num_classes=CLASSES, max_frames=FRAMES, batch_size=8,
                                           deterministic=True)))  # fmt: skip

@@ -8,12 +8,12 @@ import os
 import numpy as np
 import pytest
 
-import yt8m  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 
-from yt8m.errors import DataError
-from yt8m.quantize import dequantize, quantize
-from yt8m.readers import (
+from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.quantize import dequantize, quantize
+from vidistill.yt8m.readers import (
     BadRecords,
     detect_format,
     explain,
@@ -22,7 +22,7 @@ from yt8m.readers import (
     read_ground_truth,
     read_video_level_dataset,
 )
-from yt8m.records import Segment, Video, write_frame_records, write_records, write_video_level_records
+from vidistill.yt8m.records import Segment, Video, write_frame_records, write_records, write_video_level_records
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "yt8m-2018-video-level")
 VALIDATE = os.path.join(REAL, "validate00.tfrecord")

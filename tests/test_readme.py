@@ -15,7 +15,7 @@ import shlex
 import numpy as np
 import pytest
 
-import export  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from vidistill.cli import main
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
@@ -79,7 +79,7 @@ def test_the_readme_lists_the_stages():
 
 
 def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
-    from teachers.config import HLSTMConfig, save_config
+    from vidistill.teachers.config import HLSTMConfig, save_config
 
     monkeypatch.chdir(tmp_path)
     save_config(HLSTMConfig(num_classes=100, frames=300, chunks=20, lower_cells=8, upper_cells=8, lower_layers=1,
@@ -106,9 +106,9 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
 
 def test_the_predictor_snippet_runs(tmp_path, monkeypatch):
     """The README's Python example for the Predictor, on a tiny export made here."""
-    from students.convert import save_student
-    from students.student import build_student, student_config
-    from teachers.config import HLSTMConfig
+    from vidistill.students.convert import save_student
+    from vidistill.students.student import build_student, student_config
+    from vidistill.teachers.config import HLSTMConfig
 
     monkeypatch.chdir(tmp_path)
     assert main(["synth", "--out", "yt8m/frame", "--videos", "12", "--classes", "3862", "--workers", "1"]) == 0

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import yaml
 
-import distill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 
-from distill.config import DataConfig, OptimizerConfig, TrainConfig, load_train_config  # noqa: E402
-from distill.distiller import Distiller, classifier_head  # noqa: E402
-from distill.losses import LossWeights  # noqa: E402
-from distill.trainer import Run, build_models  # noqa: E402
-from students.student import student_config  # noqa: E402
-from teachers.config import HLSTMConfig  # noqa: E402
+from vidistill.distill.config import DataConfig, OptimizerConfig, TrainConfig, load_train_config  # noqa: E402
+from vidistill.distill.distiller import Distiller, classifier_head  # noqa: E402
+from vidistill.distill.losses import LossWeights  # noqa: E402
+from vidistill.distill.trainer import Run, build_models  # noqa: E402
+from vidistill.students.student import student_config  # noqa: E402
+from vidistill.teachers.config import HLSTMConfig  # noqa: E402
 from vidistill.cli import main  # noqa: E402
 
 CLASSES = 4
@@ -103,7 +103,7 @@ def test_teacher_head_parallel_run_reads_with_the_trained_teachers_head(data, tm
     """L_rep only, parallel: the teacher's head trains (its own L_CE), the student's head is not trained but is a
     copy of the teacher's head after every step, in memory and in the checkpoint; the student's encoder learns
     from L_REP; and the student's predictions are the teacher's head applied to the student's representation."""
-    from distill.runs import load_model
+    from vidistill.distill.runs import load_model
 
     run_dir = tmp_path / "run"
     run = Run(_config(data, LossWeights(**REP_ONLY)), str(run_dir))

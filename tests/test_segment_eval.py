@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from teachers.config import HLSTMConfig, save_config
+from vidistill.teachers.config import HLSTMConfig, save_config
 from vidistill.cli import main
 
 

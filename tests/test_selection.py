@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import students  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from students.selection import (  # noqa: E402
+from vidistill.students.selection import (  # noqa: E402
     POLICIES,
     FrameSelector,
     fml_block_sizes,

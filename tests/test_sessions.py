@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from export.sessions import (
+from vidistill.export.sessions import (
     EXECUTION_PROVIDERS,
     ProviderUnavailable,
     available_providers,

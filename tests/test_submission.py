@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from yt8m.errors import DataError
-from yt8m.segment_metrics import segment_map
-from yt8m.submission import (
+from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.segment_metrics import segment_map
+from vidistill.yt8m.submission import (
     read_segment_predictions,
     read_video_predictions,
     write_segment_predictions,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from yt8m.constants import FEATURE_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
-from yt8m.quantize import BIAS, SCALE, dequantize
-from yt8m.synthetic import SynthConfig, World, generate_video, write_dataset
+from vidistill.yt8m.constants import FEATURE_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
+from vidistill.yt8m.quantize import BIAS, SCALE, dequantize
+from vidistill.yt8m.synthetic import SynthConfig, World, generate_video, write_dataset
 
 # Tiny but complete: 23 training videos (uneven shards), 30-45 frames, 6 classes.
 SMALL = dict(videos=23, classes=6, seed=3, min_frames=30, max_frames=45)
@@ -39,7 +39,7 @@ def _outro_frames(features: np.ndarray, world: World) -> int:
 
 def _read_back(pattern: str, config: SynthConfig) -> dict[str, tuple[tuple[int, ...], bytes]]:
     """id -> (labels, uint8 codes of the real frames) of frame-level records, via the official-style reader."""
-    from yt8m.readers import read_frame_dataset
+    from vidistill.yt8m.readers import read_frame_dataset
 
     out = {}
     ds = read_frame_dataset(
@@ -195,7 +195,7 @@ def test_classes_csv(datasets):
 
 
 def test_segment_ratings_are_written(tmp_path):
-    from yt8m.readers import read_ground_truth
+    from vidistill.yt8m.readers import read_ground_truth
 
     config = SynthConfig(videos=6, heldout=2, classes=5, seed=2, min_frames=30, max_frames=40, segments=True)
     write_dataset(config, str(tmp_path), workers=1, progress=False)

@@ -8,20 +8,20 @@ import dataclasses
 import numpy as np
 import pytest
 
-import teachers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from teachers.config import HeadConfig, NetVLADConfig, NeXtVLADConfig, config_from_dict, config_to_dict  # noqa: E402
-from teachers.registry import build_model, model_flops  # noqa: E402
-from teachers.vlad import (  # noqa: E402
+from vidistill.teachers.config import HeadConfig, NetVLADConfig, NeXtVLADConfig, config_from_dict, config_to_dict  # noqa: E402
+from vidistill.teachers.registry import build_model, model_flops  # noqa: E402
+from vidistill.teachers.vlad import (  # noqa: E402
     FrameMask,
     NetVLADEncoder,
     NetVLADPooling,
     NeXtVLADEncoder,
     NeXtVLADPooling,
 )
-from yt8m.constants import FEATURE_SIZE  # noqa: E402
+from vidistill.yt8m.constants import FEATURE_SIZE  # noqa: E402
 
 WILLOW = NetVLADConfig(
     num_classes=3862,

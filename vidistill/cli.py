@@ -47,14 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _training_errors() -> tuple[type[Exception], ...]:
     """distill.trainer.TrainingError (a NaN loss, a resume with another config) when a command imported it; looked up
     only when an exception propagates, so that the command line does not import TensorFlow."""
-    trainer = sys.modules.get("distill.trainer")
+    trainer = sys.modules.get("vidistill.distill.trainer")
     return (trainer.TrainingError,) if trainer is not None else ()
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
     args = build_parser().parse_args(argv)
-    from yt8m.errors import DataError
+    from vidistill.yt8m.errors import DataError
 
     try:
         return int(args.handler_(args) or 0)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidistill {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a TensorFlow error raised by a reader's assertion carries a DataError
-        from yt8m.readers import explain
+        from vidistill.yt8m.readers import explain
 
         data_error = explain(e)
         if data_error is None:

@@ -78,7 +78,7 @@ class Demo:
 
     # -- stages ------------------------------------------------------------------------------------------------
     def synth(self) -> None:
-        from yt8m.synthetic import SynthConfig, write_dataset
+        from vidistill.yt8m.synthetic import SynthConfig, write_dataset
 
         if os.path.exists(os.path.join(self.data, "synth.yaml")):
             return
@@ -88,15 +88,15 @@ class Demo:
                                   min_frames=c.min_frames, max_frames=c.max_frames, shards=4), self.data)  # fmt: skip
 
     def teacher_config(self):
-        from teachers.config import HLSTMConfig
+        from vidistill.teachers.config import HLSTMConfig
 
         c = self.config
         return HLSTMConfig(num_classes=c.classes, frames=c.max_frames, chunks=c.chunks, lower_cells=c.cells,
                            upper_cells=c.cells, lower_layers=1, upper_layers=1)  # fmt: skip
 
     def _train(self, name: str, config, title: str) -> str:
-        from distill.config import DataConfig, OptimizerConfig
-        from distill.trainer import Run, latest_checkpoint
+        from vidistill.distill.config import DataConfig, OptimizerConfig
+        from vidistill.distill.trainer import Run, latest_checkpoint
 
         run_dir = self.path("runs", name)
         if os.path.exists(os.path.join(run_dir, "summary.json")):
@@ -122,8 +122,8 @@ class Demo:
         return run_dir
 
     def train(self) -> tuple[str, str]:
-        from distill.config import TrainConfig
-        from students.student import student_config
+        from vidistill.distill.config import TrainConfig
+        from vidistill.students.student import student_config
 
         c = self.config
         teacher = self.teacher_config()
@@ -143,7 +143,7 @@ class Demo:
     def convert_and_finetune(self, parallel: str, serial: str) -> tuple[str, str]:
         from argparse import Namespace
 
-        from distill.runs import convert_run
+        from vidistill.distill.runs import convert_run
         from vidistill.commands import finetune
 
         c = self.config
@@ -164,8 +164,8 @@ class Demo:
         return tuned, small
 
     def export(self, parallel: str, student: str, small: str) -> dict[str, str]:
-        from export.config import ExportConfig
-        from export.exporter import export
+        from vidistill.export.config import ExportConfig
+        from vidistill.export.exporter import export
         from vidistill.commands.export import resolve_source
 
         c = self.config
@@ -189,8 +189,8 @@ class Demo:
         return dirs
 
     def bench(self, dirs: dict[str, str]):
-        from bench.benchmark import BenchConfig, run_benchmark
-        from export.config import ONNX_PRECISIONS
+        from vidistill.bench.benchmark import BenchConfig, run_benchmark
+        from vidistill.export.config import ONNX_PRECISIONS
 
         c = self.config
         teacher, student, small = dirs["teacher"], dirs["student"], dirs["student-small"]
@@ -236,7 +236,7 @@ def final_table(rows: list[dict], batches) -> str:
     speed-up against the first model (the teacher's SavedModel)."""
     from tabulate import tabulate
 
-    from export.card import read_card
+    from vidistill.export.card import read_card
 
     small, large = batches[0], batches[-1]
     shown = "cpu" if any(r.get("provider") == "cpu" for r in rows) else None  # the CPU rows when there are any
@@ -281,7 +281,7 @@ def target_table(rows: list[dict], batches) -> str:
     """The product's targets, measured side by side in this run (CPU): what was asked, what we got, met or not."""
     from tabulate import tabulate
 
-    from export.card import read_card
+    from vidistill.export.card import read_card
 
     small, large = batches[0], batches[-1]
     lines = []

@@ -4,7 +4,7 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfmot needs Keras 2; must be set before TensorFlow is imported
 
-from yt8m.constants import (  # noqa: E402
+from vidistill.yt8m.constants import (  # noqa: E402
     AUDIO_SIZE,
     FEATURE_SIZE,
     MAX_FRAMES,
@@ -13,8 +13,8 @@ from yt8m.constants import (  # noqa: E402
     SEGMENT_FRAMES,
     TOP_K,
 )
-from yt8m.errors import DataError  # noqa: E402
-from yt8m.quantize import dequantize, quantize  # noqa: E402
+from vidistill.yt8m.errors import DataError  # noqa: E402
+from vidistill.yt8m.quantize import dequantize, quantize  # noqa: E402
 
 __all__ = [
     "AUDIO_SIZE",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from yt8m.constants import FEATURE_SIZE, NUM_CLASSES
+from vidistill.yt8m.constants import FEATURE_SIZE, NUM_CLASSES
 
 
 def mean_features(pattern: str, *, num_classes: int = NUM_CLASSES, batch_size: int = 64, bad_records=None):
@@ -21,7 +21,7 @@ def mean_features(pattern: str, *, num_classes: int = NUM_CLASSES, batch_size: i
     `bad_records` (a readers.BadRecords) skips and counts bad records instead of raising."""
     import tensorflow as tf
 
-    from yt8m.readers import data_errors, detect_format, read_frame_dataset, read_video_level_dataset
+    from vidistill.yt8m.readers import data_errors, detect_format, read_frame_dataset, read_video_level_dataset
 
     if detect_format(pattern) == "video":
         reader = read_video_level_dataset

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from yt8m.constants import TOP_K
+from vidistill.yt8m.constants import TOP_K
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from yt8m.constants import QUANT_MAX, QUANT_MIN
+from vidistill.yt8m.constants import QUANT_MAX, QUANT_MIN
 
 _RANGE = QUANT_MAX - QUANT_MIN
 SCALE = _RANGE / 255.0

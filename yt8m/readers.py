@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE, SEGMENT_FRAMES
-from yt8m.errors import DataError
-from yt8m.quantize import dequantize
+from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE, SEGMENT_FRAMES
+from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.quantize import dequantize
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
 _MESSAGE_TAG = "yt8m-data-error"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from yt8m.constants import AUDIO_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
-from yt8m.quantize import quantize
+from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
+from vidistill.yt8m.quantize import quantize
 
 
 @dataclass
@@ -124,7 +124,7 @@ def write_frame_records(path: str, videos: Iterable[Video | Mapping]) -> int:
 
 def write_video_level_records(path: str, videos: Iterable[Video | Mapping]) -> int:
     """Writes videos as video-level records: the means of their dequantized frames, as the official data holds."""
-    from yt8m.quantize import dequantize
+    from vidistill.yt8m.quantize import dequantize
 
     def serialize(video):
         video = _as_video(video)

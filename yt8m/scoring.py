@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from yt8m.constants import NUM_CLASSES, SEGMENT_TOP_K, TOP_K
-from yt8m.errors import DataError
-from yt8m.metrics import VideoMetrics
-from yt8m.readers import read_ground_truth
-from yt8m.segment_metrics import segment_map
-from yt8m.submission import read_segment_predictions, read_video_predictions
+from vidistill.yt8m.constants import NUM_CLASSES, SEGMENT_TOP_K, TOP_K
+from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.metrics import VideoMetrics
+from vidistill.yt8m.readers import read_ground_truth
+from vidistill.yt8m.segment_metrics import segment_map
+from vidistill.yt8m.submission import read_segment_predictions, read_video_predictions
 
 
 def score_video_predictions(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from yt8m.constants import SEGMENT_TOP_K
+from vidistill.yt8m.constants import SEGMENT_TOP_K
 
 
 def _check_id(segment_id: object, where: str) -> None:

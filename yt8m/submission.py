@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from yt8m.constants import NUM_CLASSES, SEGMENT_TOP_K, TOP_K
-from yt8m.errors import DataError
-from yt8m.metrics import top_indices
+from vidistill.yt8m.constants import NUM_CLASSES, SEGMENT_TOP_K, TOP_K
+from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.metrics import top_indices
 
 VIDEO_HEADER = "VideoId,LabelConfidencePairs"
 SEGMENT_HEADER = "Class,Segments"

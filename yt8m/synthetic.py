@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
-from yt8m.quantize import quantize
+from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
+from vidistill.yt8m.quantize import quantize
 
 SPLITS = ("train", "validate")
 _MIN_CONTENT = 30
@@ -185,7 +185,7 @@ def _rate_segments(rng, n, labels, events, per_video: int = 5, min_overlap: int 
 
 
 def _serialize(video: SyntheticVideo) -> bytes:
-    from yt8m.records import Segment, Video, frame_example
+    from vidistill.yt8m.records import Segment, Video, frame_example
 
     return frame_example(
         Video(
@@ -216,7 +216,7 @@ def _init_worker(counter) -> None:
 
 
 def _write_shard(task) -> int:
-    from yt8m.records import write_records
+    from vidistill.yt8m.records import write_records
 
     config, out_dir, split, shard, shards = task
     world = World.build(config)

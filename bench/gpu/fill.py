@@ -1,6 +1,6 @@
-"""Writes the weights of graph-only ONNX files (made by `bench.gpu.prepare`) as seeded random values:
+"""Writes the weights of graph-only ONNX files (made by `vidistill.bench.gpu.prepare`) as seeded random values:
 
-    python -m bench.gpu.fill .gpu-bundle/paper-*/*.onnx
+    python -m vidistill.bench.gpu.fill .gpu-bundle/paper-*/*.onnx
 
 A file whose weights are inside it (no external tensors) is left as it is. Needs onnx and numpy only.
 """
@@ -11,11 +11,12 @@ import argparse
 import sys
 import time
 
-from export.external_data import fill_weights
+from vidistill.export.external_data import fill_weights
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu.fill", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vidistill.bench.gpu.fill",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="graph-only ONNX files")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

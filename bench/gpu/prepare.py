@@ -1,15 +1,15 @@
 """Prepares the GPU bundle (needs TensorFlow; run it here, not on the GPU machine):
 
-    python -m bench.gpu.prepare --demo runs/demo --out .gpu-bundle
+    python -m vidistill.bench.gpu.prepare --demo runs/demo --out .gpu-bundle
 
 - `demo-student/`, `demo-teacher/`: the demo's k=30 student and its H-LSTM teacher (trained), exported with
   `--target cuda` in fp32, fp16, bf16, int8-dynamic and int8-static, weights inside (they are small); held-out
   accuracy on the demo's validation split in the fp32 / int8 cards.
 - `paper-student/`, `paper-teacher/`: `hlstm-paper` at 300 frames and its k=30 student, built with random weights
   (latency does not depend on their values), exported the same way (fp32, fp16, bf16, int8-dynamic), then stored
-  as GRAPH ONLY: the weights (hundreds of MB) stay behind and `python -m bench.gpu.fill` writes seeded random ones
-  there (export/external_data.py). Their int8 cards name the file itself as the parity reference: its quantized
-  weights are filled independently of the fp32 file's, so bench compares CUDA with CPU on the same file.
+  as GRAPH ONLY: the weights (hundreds of MB) stay behind and `python -m vidistill.bench.gpu.fill` writes seeded
+  random ones there (export/external_data.py). Their int8 cards name the file itself as the parity reference: its
+  quantized weights are filled independently of the fp32 file's, so bench compares CUDA with CPU on the same file.
 
 Each model is exported in a child process (its memory is returned when it ends); `--skip-demo` / `--skip-paper`.
 """
@@ -31,8 +31,8 @@ K = 30
 
 
 def _export_demo(demo: str, which: str, out: str) -> None:
-    from export.config import ExportConfig
-    from export.exporter import export
+    from vidistill.export.config import ExportConfig
+    from vidistill.export.exporter import export
     from vidistill.commands.export import resolve_source
 
     source_dir = os.path.join(demo, "students", f"k{K}-finetuned") if which == "student" else \
@@ -44,12 +44,12 @@ def _export_demo(demo: str, which: str, out: str) -> None:
 
 
 def _export_paper(role: str, work: str) -> None:
-    from export.config import ExportConfig
-    from export.exporter import export
-    from export.source import student_source, teacher_source
-    from students.student import build_student, student_config
-    from teachers.presets import PRESETS
-    from teachers.registry import build_model
+    from vidistill.export.config import ExportConfig
+    from vidistill.export.exporter import export
+    from vidistill.export.source import student_source, teacher_source
+    from vidistill.students.student import build_student, student_config
+    from vidistill.teachers.presets import PRESETS
+    from vidistill.teachers.registry import build_model
 
     config = PRESETS[PAPER_PRESET]
     origin = f"{PAPER_PRESET} with random weights (bench/gpu/prepare.py)"
@@ -63,8 +63,8 @@ def _export_paper(role: str, work: str) -> None:
 
 def _graph_only(work: str, out: str) -> None:
     """Each ONNX file of `work` as a graph without its weights in `out`, with its card."""
-    from export.card import card_path, read_card, write_card
-    from export.external_data import split_weights
+    from vidistill.export.card import card_path, read_card, write_card
+    from vidistill.export.external_data import split_weights
 
     os.makedirs(out, exist_ok=True)
     for path in sorted(glob.glob(os.path.join(work, "*.onnx"))):
@@ -72,7 +72,7 @@ def _graph_only(work: str, out: str) -> None:
         _, data = split_weights(path, os.path.join(out, name))
         os.remove(data)  # filled on the GPU machine
         card = read_card(card_path(path))
-        card.notes.append("graph only: the weights are seeded random values written by bench.gpu.fill")
+        card.notes.append("graph only: the weights are seeded random values written by vidistill.bench.gpu.fill")
         if card.precision.startswith("int8"):
             card.reference = name
             card.notes.append("parity reference: this file on the CPU (its int8 weights are filled apart from fp32's)")
@@ -88,7 +88,7 @@ def _in_child(target, *args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu.prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vidistill.bench.gpu.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", default="runs/demo", help="a finished `vidistill demo` output (default runs/demo)")
     parser.add_argument("--out", default=".gpu-bundle", help="the bundle folder (default .gpu-bundle)")
     parser.add_argument("--work", default="runs/gpu-paper", help="where the paper-size files are exported first")
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {os.path.relpath(p, args.out): os.path.getsize(p)
              for p in glob.glob(os.path.join(args.out, "*", "*")) if os.path.isfile(p)}  # fmt: skip
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
-        json.dump({"files": sizes, "command": " ".join(["python -m bench.gpu.prepare", *(argv or sys.argv[1:])])},
+        json.dump({"files": sizes, "command": " ".join(["python -m vidistill.bench.gpu.prepare", *(argv or sys.argv[1:])])},
                   f, indent=1)  # fmt: skip
     print(f"{args.out}: {len(sizes)} files, {sum(sizes.values()) / 2**20:.1f} MiB")
     return 0

@@ -5,7 +5,7 @@
 #   bash bench/gpu/run.sh --dry-run  # here: the local onnxruntime, the CPU provider, short cells, OUT=runs/gpu-dry
 #
 # Needs, beside the source tree: .ortgpu/p0.. (the onnxruntime-gpu wheel in parts, from
-# ../shared/device/ort-gpu-parts.sh) and .gpu-bundle/ (the model files, from `python -m bench.gpu.prepare`).
+# ../shared/device/ort-gpu-parts.sh) and .gpu-bundle/ (the model files, from `python -m vidistill.bench.gpu.prepare`).
 # Steps, each timed into $OUT/steps.tsv (a failed step is written down with its exit code, and the run goes on):
 # the GPU's name, joining and checking the wheel, installing it into /tmp/site, onnxruntime.preload_dlls() and a CUDA
 # session, filling the paper-size graphs' weights, then `vidistill bench` on the CUDA provider for the demo models
@@ -49,8 +49,8 @@ else
 fi
 check_ort() { python3 -c '
 import time, numpy as np, onnxruntime as ort
-from export.sessions import create_session, gpu_present
-from bench.runners import _probe_model
+from vidistill.export.sessions import create_session, gpu_present
+from vidistill.bench.runners import _probe_model
 print("onnxruntime", ort.__version__, ort.__file__, ort.get_available_providers())
 started = time.perf_counter()
 if gpu_present():
@@ -66,7 +66,7 @@ if ! step onnxruntime check_ort && [[ $DRY -eq 0 ]]; then
   export LD_LIBRARY_PATH=$(python3 -c 'import nvidia, os; print(":".join(sorted({r for p in nvidia.__path__ for r, _, fs in os.walk(p) if any(".so" in f for f in fs)})))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   step onnxruntime-ld-library-path check_ort
 fi
-step fill python3 -m bench.gpu.fill "$BUNDLE"/paper-*/*.onnx
+step fill python3 -m vidistill.bench.gpu.fill "$BUNDLE"/paper-*/*.onnx
 
 bench() {  # bench NAME SECONDS MODELS...: one report per model set, stopped after SECONDS (its rows are kept)
   local name=$1 cap=$2; shift 2

@@ -18,9 +18,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from yt8m.baseline import LinearProbe, mean_features
-    from yt8m.readers import BadRecords
-    from yt8m.submission import write_video_predictions
+    from vidistill.yt8m.baseline import LinearProbe, mean_features
+    from vidistill.yt8m.readers import BadRecords
+    from vidistill.yt8m.submission import write_video_predictions
 
     bad_records = BadRecords() if args.skip_bad_records else None
     _, features, labels = mean_features(args.train, num_classes=args.num_classes, bad_records=bad_records)

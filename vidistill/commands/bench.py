@@ -62,9 +62,9 @@ def command_line(args) -> str:
 
 
 def run(args) -> int:
-    from bench.benchmark import BenchConfig, run_benchmark
-    from bench.report import COMPACT, is_ok, summary_table
-    from bench.runners import parse_providers
+    from vidistill.bench.benchmark import BenchConfig, run_benchmark
+    from vidistill.bench.report import COMPACT, is_ok, summary_table
+    from vidistill.bench.runners import parse_providers
 
     config = BenchConfig(
         models=args.models, providers=parse_providers(args.providers), batches=_ints(args.batch),

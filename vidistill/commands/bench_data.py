@@ -18,8 +18,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tabulate import tabulate
 
-    from bench.data_throughput import machine, reader_stages
-    from yt8m.synthetic import SynthConfig, write_dataset
+    from vidistill.bench.data_throughput import machine, reader_stages
+    from vidistill.yt8m.synthetic import SynthConfig, write_dataset
 
     config = SynthConfig(videos=args.videos, heldout=0, classes=100, min_frames=300, max_frames=300, shards=8)
     os.makedirs(args.out, exist_ok=True)

@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from distill.runs import convert_run
+    from vidistill.distill.runs import convert_run
 
     print(f"wrote the student of {args.run} to {convert_run(args.run, args.out)}")
     return 0

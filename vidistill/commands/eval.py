@@ -20,8 +20,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tabulate import tabulate
 
-    from distill.evaluate import evaluate_model, evaluate_segments
-    from distill.runs import load_model
+    from vidistill.distill.evaluate import evaluate_model, evaluate_segments
+    from vidistill.distill.runs import load_model
 
     loaded = load_model(args.model, args.which)
     evaluate = evaluate_segments if args.segments else evaluate_model

@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from distill.experiments import Table1, Table1Config
+    from vidistill.distill.experiments import Table1, Table1Config
 
     config = Table1Config.quick() if args.quick else Table1Config()
     if args.serial_pred_rows:

@@ -8,7 +8,7 @@ HELP = "ONNX (fp32, fp16, bf16, int8) and TF SavedModel variants, each with pari
 
 
 def add_arguments(parser) -> None:
-    from export.config import PRECISIONS
+    from vidistill.export.config import PRECISIONS
 
     parser.add_argument("model", help="converted student directory (vidistill convert), or a run directory")
     parser.add_argument("--out", required=True, help="directory for <precision>.onnx and <precision>.json files")
@@ -29,10 +29,10 @@ def add_arguments(parser) -> None:
 
 def resolve_source(path: str, which: str = "auto"):
     """An ExportSource for a converted student or a run's student/teacher."""
-    from distill.config import load_train_config
-    from distill.runs import load_model
-    from export.source import student_source, teacher_source
-    from students.convert import is_student_dir, load_student_config
+    from vidistill.distill.config import load_train_config
+    from vidistill.distill.runs import load_model
+    from vidistill.export.source import student_source, teacher_source
+    from vidistill.students.convert import is_student_dir, load_student_config
 
     loaded = load_model(path, which)
     if is_student_dir(path):
@@ -48,8 +48,8 @@ def run(args) -> int:
 
     from tabulate import tabulate
 
-    from export.config import ExportConfig
-    from export.exporter import export, summary_rows
+    from vidistill.export.config import ExportConfig
+    from vidistill.export.exporter import export, summary_rows
 
     config = ExportConfig(
         precisions=[p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None, target=args.target,

@@ -20,9 +20,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from distill.config import DataConfig, OptimizerConfig, TrainConfig, load_train_config
-    from distill.runs import convert_run
-    from students.convert import load_student_config
+    from vidistill.distill.config import DataConfig, OptimizerConfig, TrainConfig, load_train_config
+    from vidistill.distill.runs import convert_run
+    from vidistill.students.convert import load_student_config
 
     student = load_student_config(args.student_dir)
     teacher = load_train_config(args.teacher_run).teacher if args.teacher_run else None
@@ -39,7 +39,7 @@ def run(args) -> int:
         checkpoint_every=min(100, args.steps),
         eval_every=0,
     )  # fmt: skip
-    from distill.trainer import Run
+    from vidistill.distill.trainer import Run
 
     run_dir = os.path.join(args.out, "run")
     if os.path.exists(args.out) and os.listdir(args.out):

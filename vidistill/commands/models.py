@@ -20,8 +20,8 @@ def add_arguments(parser) -> None:
 
 
 def describe(config) -> dict:
-    from teachers.config import config_to_dict
-    from teachers.registry import build_model, model_flops
+    from vidistill.teachers.config import config_to_dict
+    from vidistill.teachers.registry import build_model, model_flops
 
     return {
         "family": config.family,
@@ -39,7 +39,7 @@ def _with_classes(config, num_classes):
 def run(args) -> int:
     from tabulate import tabulate
 
-    from teachers.presets import PRESETS, resolve
+    from vidistill.teachers.presets import PRESETS, resolve
 
     if args.teacher:
         return _pair(args)
@@ -59,8 +59,8 @@ def run(args) -> int:
 def _pair(args) -> int:
     from tabulate import tabulate
 
-    from students.student import student_config
-    from teachers.presets import resolve
+    from vidistill.students.student import student_config
+    from vidistill.teachers.presets import resolve
 
     try:
         teacher_frames, student_frames = (int(v) for v in args.frames.split(","))

@@ -19,14 +19,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from distill.evaluate import predictions
-    from distill.runs import load_model
-    from yt8m.submission import write_video_predictions
+    from vidistill.distill.evaluate import predictions
+    from vidistill.distill.runs import load_model
+    from vidistill.yt8m.submission import write_video_predictions
 
     loaded = load_model(args.model, args.which)
     if args.segments:
-        from distill.evaluate import all_segment_predictions
-        from yt8m.submission import write_segment_predictions
+        from vidistill.distill.evaluate import all_segment_predictions
+        from vidistill.yt8m.submission import write_segment_predictions
 
         ids, scores = all_segment_predictions(
             loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,

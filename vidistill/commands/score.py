@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from tabulate import tabulate
 
-    from yt8m.scoring import score_segment_predictions, score_video_predictions
+    from vidistill.yt8m.scoring import score_segment_predictions, score_video_predictions
 
     if args.segments:
         result = score_segment_predictions(args.predictions, args.data, num_classes=args.num_classes)

@@ -27,7 +27,7 @@ def existing_records(out: str) -> list[str]:
 
 
 def run(args) -> int:
-    from yt8m.synthetic import SynthConfig, write_dataset
+    from vidistill.yt8m.synthetic import SynthConfig, write_dataset
 
     config = SynthConfig(
         videos=args.videos,

@@ -30,9 +30,9 @@ def add_arguments(parser) -> None:
 
 def resolve_config(args):
     """The TrainConfig of the config file (or defaults) with the flags applied."""
-    from distill.config import TrainConfig, load_train_config
-    from students.student import student_config
-    from teachers.presets import resolve
+    from vidistill.distill.config import TrainConfig, load_train_config
+    from vidistill.students.student import student_config
+    from vidistill.teachers.presets import resolve
 
     if args.resume and not args.config:
         config = load_train_config(args.out)
@@ -73,7 +73,7 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-    from distill.trainer import Run
+    from vidistill.distill.trainer import Run
 
     config = resolve_config(args)
     run = Run(config, args.out, resume=args.resume)
