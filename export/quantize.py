@@ -40,17 +40,27 @@ def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class _Batches:
-    """An onnxruntime CalibrationDataReader over an iterable of input dicts."""
+    """An onnxruntime CalibrationDataReader over an iterable of input dicts, handing out batches of one size only:
+    ONNX Runtime's histogram calibrators stack the outputs of all batches into one array, which fails ("inhomogeneous
+    shape") on the smaller last batch of a data set whose size is not a multiple of the batch size. A batch of
+    another size than the first is skipped (calibration needs ranges, not every video) and counted in `skipped`."""
 
     def __init__(self, batches: Iterable[dict[str, np.ndarray]]):
         self._iterator: Iterator = iter(batches)
+        self._size: int | None = None
         self.count = 0
+        self.skipped = 0
 
     def get_next(self):
-        batch = next(self._iterator, None)
-        if batch is not None:
-            self.count += 1
-        return batch
+        for batch in self._iterator:
+            size = len(next(iter(batch.values())))
+            if self._size is None:
+                self._size = size
+            if size == self._size:
+                self.count += 1
+                return batch
+            self.skipped += size
+        return None
 
     def rewind(self):  # calibration reads the data once
         pass

@@ -354,3 +354,19 @@ def test_target_cuda_on_a_machine_without_it_exports_and_says_unchecked(capsys, 
         assert any("`vidistill bench --providers cuda` checks it against fp32.onnx" in n for n in card.notes)
         assert (out / f"{name}.onnx").exists()
     assert read_card(str(out / "fp32.json")).parity.passed  # fp32 is still checked on the CPU
+
+
+def test_static_calibration_takes_a_smaller_last_batch():
+    """The default export on a data set whose size is not a multiple of the batch size: ONNX Runtime's calibrator
+    stacked batches of 4, 4 and 3 videos and failed ("inhomogeneous shape"); the smaller batch is now skipped."""
+    from vidistill.export import quantize
+
+    fp32 = convert(build_model(HLSTM), HLSTM)
+    batches = []
+    for seed, size in enumerate((4, 4, 3)):
+        frames, num_frames = _videos(size, FRAMES, seed=seed)
+        batches.append({"frames": frames, "num_frames": num_frames})
+    model, used = quantize.quantize_static(fp32, batches)
+    assert used == 2
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "LSTM"} <= ops

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -44,9 +45,11 @@ def test_public_names_resolve_to_their_modules():
 
 
 def test_the_wheel_installs_vidistill_alone_and_its_api_imports_outside_the_tree(tmp_path):
-    wheels = tmp_path / "wheels"
+    source, wheels = tmp_path / "source", tmp_path / "wheels"
+    # a copy of the checkout (setuptools builds in the tree it is given: it leaves build/ and *.egg-info there)
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(wheels), ROOT], capture_output=True, text=True, timeout=600)  # fmt: skip
+                            str(wheels), str(source)], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("vidistill-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 import numpy as np
 import pytest
@@ -236,6 +237,31 @@ def test_bad_video_level_records(tmp_path):
     frame_file = str(tmp_path / "f.tfrecord")
     write_records(frame_file, [_sequence_example()])
     _raises_data_error(read_video_level_dataset(frame_file), "'mean_rgb' has 0 values", "read_frame_dataset")
+
+
+def test_an_empty_file_is_an_error_everywhere_it_is_read(tmp_path, capsys):
+    """A 0-byte tfrecord made `train` spin forever (a repeated empty dataset) and `eval` print metrics of 0 videos."""
+    from vidistill.cli import main
+
+    empty = tmp_path / "empty.tfrecord"
+    empty.write_bytes(b"")
+    good = str(tmp_path / "good.tfrecord")
+    write_records(good, [_sequence_example()])
+    message = f"{empty} holds no records (it is empty)"
+    for pattern in (str(empty), f"{good},{empty}", str(tmp_path / "*.tfrecord")):
+        with pytest.raises(DataError, match=re.escape(message)):
+            list_files(pattern)
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_frame_dataset(str(empty))
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_video_level_dataset(str(empty))
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_ground_truth(str(empty))
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "run"), "--data", str(empty), "--teacher", "hlstm-small",
+                 "--frames", "10", "--steps", "2"]) == 2  # fmt: skip
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_no_matching_file_and_ground_truth_errors(tmp_path):

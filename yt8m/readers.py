@@ -34,7 +34,11 @@ def list_files(pattern: str) -> list[str]:
             files.extend(sorted(tf.io.gfile.glob(part)))
     if not files:
         raise DataError(f"no file matches {pattern!r}: check the path (comma-separate several globs; gs:// works)")
-    return list(dict.fromkeys(files))
+    files = list(dict.fromkeys(files))
+    for path in files:  # an empty file would make a repeated dataset spin forever, or metrics of 0 videos
+        if tf.io.gfile.stat(path).length == 0:
+            raise DataError(f"{path} holds no records (it is empty): regenerate it, or leave it out of {pattern!r}")
+    return files
 
 
 class BadRecords:
