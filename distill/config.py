@@ -11,7 +11,7 @@ import yaml
 
 from vidistill.distill.losses import LossWeights
 from vidistill.students.student import StudentConfig
-from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields
+from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields, read_mapping
 
 MODES = ("parallel", "serial", "teacher", "student")
 
@@ -129,6 +129,8 @@ def load_train_config(path_or_run: str) -> TrainConfig:
     path = os.path.join(path_or_run, "config.yaml") if os.path.isdir(path_or_run) else path_or_run
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {path_or_run!r} a run directory or a config file?")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    return TrainConfig.from_dict(data.get("train", data))
+    data = read_mapping(path)
+    try:
+        return TrainConfig.from_dict(data.get("train", data))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -44,7 +44,9 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> StudentConfig:
-        return cls(**data)
+        from vidistill.teachers.config import from_fields
+
+        return from_fields(cls, data, "student")
 
 
 def default_chunks(k: int) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -44,7 +46,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.head, dict):
-            self.head = HeadConfig(**self.head)
+            self.head = from_fields(HeadConfig, self.head, f"{self.family}.head")
         if self.num_classes < 1 or self.frames < 1:
             raise ValueError(f"{self.family}: num_classes and frames must be >= 1")
         for name in self.WIDTH_FIELDS:
@@ -149,14 +151,47 @@ def config_to_dict(config: ModelConfig) -> dict:
     return {"family": config.family, **dataclasses.asdict(config)}
 
 
+def _expected(value, hint) -> str | None:
+    """None when `value` fits the type annotation `hint`, else what was expected. Scalars only: nested configs
+    (dataclasses given as mappings) check their own fields."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        return _expected(value, options[0]) if len(options) == 1 else None
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    return None
+
+
 def from_fields(cls, data: dict, what: str):
-    """`cls(**data)`, with a clear error naming `what` and the options it does not know."""
+    """`cls(**data)`, with a clear error naming `what`, the options it does not know, and any option whose value
+    has the wrong type (a float where an integer belongs, a word where a number belongs). A number written as a
+    string ("1e-3", which YAML reads as a string) is taken for a float option."""
     if not isinstance(data, dict):
         raise ValueError(f"{what}: expected a mapping of options, got {data!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{what}: unknown option(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    data = dict(data)
+    for name, value in data.items():
+        hint = hints.get(name)
+        if hint in (float, float | None) and isinstance(value, str):
+            try:
+                data[name] = value = float(value)
+            except ValueError:
+                pass
+        expected = _expected(value, hint)
+        if expected is not None:
+            raise ValueError(f"{what}.{name} must be {expected}, got {value!r}")
     return cls(**data)
 
 
@@ -180,17 +215,33 @@ def save_config(config: ModelConfig, path: str) -> None:
             json.dump(data, f, indent=2)
 
 
-def load_config(path: str) -> ModelConfig:
-    with open(path) as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+def read_mapping(path: str) -> dict:
+    """A JSON (.json) or YAML (any other name) file's content; ValueError naming the file for a syntax error or a
+    file that does not hold a mapping."""
+    import yaml
 
-            data = yaml.safe_load(f)
-        else:
-            data = json.load(f)
+    with open(path) as f:
+        try:
+            data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ValueError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with a 'family' key")
-    return config_from_dict(data.get("model", data))
+        raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str) -> ModelConfig:
+    data = read_mapping(path)
+    try:
+        return config_from_dict(data.get("model", data))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def narrow(config: ModelConfig, factor: float) -> ModelConfig:

@@ -250,9 +250,9 @@ def test_predictor_provider_errors(hlstm_export):
 
 def test_held_out_inputs_are_cached_for_a_student_and_read_again_past_the_budget(monkeypatch, hlstm_student, data):
     from vidistill.export.exporter import HeldOut
-    from vidistill.commands.export import resolve_source
+    from vidistill.sources import export_source
 
-    source = resolve_source(hlstm_student)
+    source = export_source(hlstm_student)
     config = ExportConfig(eval_data=data["eval"], batch_size=7)
     cached = HeldOut(source, config)
     assert cached._cached is not None and len(cached._cached) == len(cached.reference) == 2  # 12 videos, 7 a batch

@@ -57,8 +57,10 @@ _PUBLIC = {
     "TrainConfig": "vidistill.distill.config",
     "train": "vidistill.distill.trainer",
     "convert": "vidistill.distill.runs",
+    "finetune": "vidistill.distill.finetune",
     # export, inference, benchmarks
     "ExportConfig": "vidistill.export.config",
+    "export_source": "vidistill.sources",
     "export_model": "vidistill.export.exporter",
     "Predictor": "vidistill.export.predictor",
     "BenchConfig": "vidistill.bench.benchmark",

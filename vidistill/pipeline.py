@@ -141,10 +141,8 @@ class Demo:
         return parallel, serial
 
     def convert_and_finetune(self, parallel: str, serial: str) -> tuple[str, str]:
-        from argparse import Namespace
-
         from vidistill.distill.runs import convert_run
-        from vidistill.commands import finetune
+        from vidistill.distill.finetune import finetune
 
         c = self.config
         students = self.path("students")
@@ -158,15 +156,14 @@ class Demo:
         if not os.path.exists(os.path.join(tuned, "student.yaml")):
             _stage(f"fine-tuning the k={c.k} student alone (L_CE), {c.finetune_steps} steps")
             shutil.rmtree(tuned, ignore_errors=True)
-            finetune.run(Namespace(student_dir=converted, data=self.train_data, eval_data=self.eval_data, out=tuned,
-                                   steps=c.finetune_steps, batch_size=c.batch_size, learning_rate=c.learning_rate / 3,
-                                   teacher_run=""))  # fmt: skip
+            finetune(converted, self.train_data, tuned, eval_data=self.eval_data, steps=c.finetune_steps,
+                     batch_size=c.batch_size, learning_rate=c.learning_rate / 3)
         return tuned, small
 
     def export(self, parallel: str, student: str, small: str) -> dict[str, str]:
         from vidistill.export.config import ExportConfig
         from vidistill.export.exporter import export
-        from vidistill.commands.export import resolve_source
+        from vidistill.sources import export_source
 
         c = self.config
         jobs = {
@@ -184,7 +181,7 @@ class Demo:
             config = ExportConfig(precisions=precisions, eval_data=self.eval_data, calibration_data=self.train_data,
                                   qat_steps=c.qat_steps, calibration_batches=4)  # fmt: skip
             shutil.rmtree(out, ignore_errors=True)
-            export(resolve_source(source_dir, which), out, config)
+            export(export_source(source_dir, which), out, config)
             open(os.path.join(out, "done"), "w").close()
         return dirs
 

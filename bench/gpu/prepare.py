@@ -33,14 +33,14 @@ K = 30
 def _export_demo(demo: str, which: str, out: str) -> None:
     from vidistill.export.config import ExportConfig
     from vidistill.export.exporter import export
-    from vidistill.commands.export import resolve_source
+    from vidistill.sources import export_source
 
     source_dir = os.path.join(demo, "students", f"k{K}-finetuned") if which == "student" else \
         os.path.join(demo, "runs", f"parallel-k{K}")  # fmt: skip
     data = os.path.join(demo, "data")
     config = ExportConfig(precisions=DEMO_PRECISIONS, target="cuda", eval_data=os.path.join(data, "validate-*.tfrecord"),
                           calibration_data=os.path.join(data, "train-*.tfrecord"), calibration_batches=4)  # fmt: skip
-    export(resolve_source(source_dir, "teacher" if which == "teacher" else "auto"), out, config)
+    export(export_source(source_dir, "teacher" if which == "teacher" else "auto"), out, config)
 
 
 def _export_paper(role: str, work: str) -> None:

@@ -27,22 +27,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
 
 
-def resolve_source(path: str, which: str = "auto"):
-    """An ExportSource for a converted student or a run's student/teacher."""
-    from vidistill.distill.config import load_train_config
-    from vidistill.distill.runs import load_model
-    from vidistill.export.source import student_source, teacher_source
-    from vidistill.students.convert import is_student_dir, load_student_config
-
-    loaded = load_model(path, which)
-    if is_student_dir(path):
-        return student_source(loaded.model, load_student_config(path), path)
-    config = load_train_config(path)
-    if loaded.which == "teacher":
-        return teacher_source(loaded.model, config.teacher, path)
-    return student_source(loaded.model, config.student, path)
-
-
 def run(args) -> int:
     import os
 
@@ -50,15 +34,14 @@ def run(args) -> int:
 
     from vidistill.export.config import ExportConfig
     from vidistill.export.exporter import export, summary_rows
+    from vidistill.sources import export_source
 
     config = ExportConfig(
         precisions=[p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None, target=args.target,
         eval_data=args.eval_data, eval_videos=args.eval_videos, calibration_data=args.calibration_data,
         calibration_batches=args.calibration_batches, batch_size=args.batch_size, qat_steps=args.qat_steps,
     )  # fmt: skip
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"{args.model}: no such directory (give a converted student or a run directory)")
-    source = resolve_source(args.model, args.which)
+    source = export_source(args.model, args.which)
     cards = export(source, args.out, config)
     print(tabulate(summary_rows(cards), headers="keys", floatfmt=".4g"))
     failed = [c.precision for c in cards if c.parity is not None and not c.parity.passed]

@@ -20,35 +20,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vidistill.distill.config import DataConfig, OptimizerConfig, TrainConfig, load_train_config
-    from vidistill.distill.runs import convert_run
-    from vidistill.students.convert import load_student_config
+    from vidistill.distill.finetune import finetune
 
-    student = load_student_config(args.student_dir)
-    teacher = load_train_config(args.teacher_run).teacher if args.teacher_run else None
-    config = TrainConfig(
-        mode="serial" if teacher else "student",
-        teacher=teacher,
-        student=student,
-        teacher_run=args.teacher_run,
-        init_student=args.student_dir,
-        data=DataConfig(train=args.data, eval=args.eval_data, batch_size=args.batch_size,
-                        max_frames=teacher.frames if teacher else 300),
-        optimizer=OptimizerConfig(learning_rate=args.learning_rate),
-        steps=args.steps,
-        checkpoint_every=min(100, args.steps),
-        eval_every=0,
-    )  # fmt: skip
-    from vidistill.distill.trainer import Run
-
-    run_dir = os.path.join(args.out, "run")
-    if os.path.exists(args.out) and os.listdir(args.out):
-        raise FileExistsError(f"{args.out} exists and is not empty: choose another --out")
-    Run(config, run_dir).train()
-    staged = args.out.rstrip("/") + ".student"
-    convert_run(run_dir, staged)
-    for name in os.listdir(staged):
-        os.replace(os.path.join(staged, name), os.path.join(args.out, name))
-    os.rmdir(staged)
-    print(f"fine-tuned student written to {args.out} (run: {run_dir})")
+    out = finetune(args.student_dir, args.data, args.out, eval_data=args.eval_data, steps=args.steps,
+                   batch_size=args.batch_size, learning_rate=args.learning_rate, teacher_run=args.teacher_run)
+    print(f"fine-tuned student written to {out} (run: {os.path.join(out, 'run')})")
     return 0

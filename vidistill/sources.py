@@ -1,0 +1,25 @@
+"""What `export` exports, found from a directory: a converted student (`vidistill convert`) or a run directory (its
+student, or with which="teacher" its teacher). It needs distill/ (reading runs) and export/ (the source type),
+which may not import each other, so it lives above both."""
+
+from __future__ import annotations
+
+
+def export_source(path: str, which: str = "auto"):
+    """The `vidistill.export.source.ExportSource` of a converted student or of a run's student / teacher."""
+    import os
+
+    from vidistill.distill.config import load_train_config
+    from vidistill.distill.runs import load_model
+    from vidistill.export.source import student_source, teacher_source
+    from vidistill.students.convert import is_student_dir, load_student_config
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory (give a converted student or a run directory)")
+    loaded = load_model(path, which)
+    if is_student_dir(path):
+        return student_source(loaded.model, load_student_config(path), path)
+    config = load_train_config(path)
+    if loaded.which == "teacher":
+        return teacher_source(loaded.model, config.teacher, path)
+    return student_source(loaded.model, config.student, path)
