@@ -1,5 +1,1 @@
 """Benchmarks: latency and throughput runners, reports; data-pipeline throughput."""
-
-import os
-
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfmot needs Keras 2; must be set before TensorFlow is imported

@@ -10,6 +10,8 @@ import os
 
 from tabulate import tabulate
 
+from vidistill.yt8m.files import atomic_write
+
 ROWS = "rows.jsonl"
 ROW_FIELDS = [
     "model", "path", "kind", "precision", "provider", "mode", "batch", "frames", "status", "parity_max_abs",
@@ -159,12 +161,11 @@ def placement_table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-    with open(path + ".tmp", "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in ROW_FIELDS})
-    os.replace(path + ".tmp", path)
 
 
 def _markdown(rows: list[dict], meta: dict) -> str:
@@ -227,12 +228,10 @@ def write_report(out_dir: str, rows: list[dict], meta: dict) -> list[dict]:
     """Writes report.md, report.csv, report.json and pareto.png; returns the rows with their speed-ups."""
     rows = add_speedups(rows, meta["baseline"])
     write_csv(rows, os.path.join(out_dir, "report.csv"))
-    with open(os.path.join(out_dir, "report.json.tmp"), "w") as f:
+    with atomic_write(os.path.join(out_dir, "report.json")) as f:
         json.dump({**meta, "rows": rows}, f, indent=2)
         f.write("\n")
-    os.replace(os.path.join(out_dir, "report.json.tmp"), os.path.join(out_dir, "report.json"))
     plot_pareto(pareto_points(rows, meta["pareto_batch"]), os.path.join(out_dir, "pareto.png"), meta["pareto_batch"])
-    with open(os.path.join(out_dir, "report.md.tmp"), "w") as f:
+    with atomic_write(os.path.join(out_dir, "report.md")) as f:
         f.write(_markdown(rows, meta))
-    os.replace(os.path.join(out_dir, "report.md.tmp"), os.path.join(out_dir, "report.md"))
     return rows

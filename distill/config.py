@@ -12,6 +12,7 @@ import yaml
 from vidistill.distill.losses import LossWeights
 from vidistill.students.student import StudentConfig
 from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields, read_mapping
+from vidistill.yt8m.files import atomic_write
 
 MODES = ("parallel", "serial", "teacher", "student")
 
@@ -117,10 +118,8 @@ class TrainConfig:
 
 def save_train_config(config: TrainConfig, run_dir: str) -> str:
     path = os.path.join(run_dir, "config.yaml")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         yaml.safe_dump({"train": config.to_dict()}, f, sort_keys=False)
-    os.replace(tmp, path)
     return path
 
 

@@ -23,6 +23,7 @@ from vidistill.distill.losses import LossWeights
 from vidistill.students.student import student_config, width_for_parameters
 from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig
 from vidistill.teachers.registry import build_model
+from vidistill.yt8m.files import atomic_write
 
 POLICY_ROWS = {"uniform": "Uniform-k", "random": "Random-k", "first": "First-k", "middle": "Middle-k",
                "last": "Last-k", "fml": "First-Middle-Last-k"}  # fmt: skip
@@ -189,10 +190,8 @@ class Table1:
         return run_dir
 
     def _save(self) -> None:
-        tmp = self.results_path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(self.results_path) as f:
             json.dump(self.results, f, indent=1)
-        os.replace(tmp, self.results_path)
 
     # ---------------------------------------------------------------------------------------------- report
     def table(self) -> str:

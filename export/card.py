@@ -12,6 +12,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from vidistill.yt8m.files import atomic_write
+
 CARD_VERSION = 1
 
 
@@ -109,11 +111,9 @@ def card_path(onnx_path: str) -> str:
 
 
 def write_card(card: ModelCard, path: str) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(card.to_dict(), f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 

@@ -41,7 +41,11 @@ import contextlib
 import dataclasses
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like every package __init__
+from vidistill.export.errors import ExportError  # noqa: E402
+
+if os.environ.get("TF_USE_LEGACY_KERAS", "1").lower() not in ("1", "true"):  # vidistill/__init__ sets "1" unless set
+    raise ExportError(f"int8-qat needs Keras 2 (tensorflow-model-optimization), but TF_USE_LEGACY_KERAS is "
+                      f"{os.environ['TF_USE_LEGACY_KERAS']!r}: unset it or set it to 1")  # fmt: skip
 
 import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402

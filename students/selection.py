@@ -50,7 +50,6 @@ batch; ``random`` runs a ``tf.while_loop`` of k steps over ``[B, k]`` tensors. T
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras  # students/__init__.py has set TF_USE_LEGACY_KERAS=1 before TensorFlow was imported
 

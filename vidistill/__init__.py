@@ -15,7 +15,9 @@ The whole export is `vidistill.export_model` and the benchmark `vidistill.run_be
 
 import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tfmot needs Keras 2; must be set before TensorFlow is imported
+# tensorflow-model-optimization (int8-qat) needs Keras 2 behind tf.keras; set here, the one place, before
+# anything imports TensorFlow (every subpackage is imported through this package), unless the user chose a value
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 __version__ = "0.1.0"
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from vidistill.yt8m.constants import NUM_CLASSES, SEGMENT_TOP_K, TOP_K
 from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.files import atomic_write
 from vidistill.yt8m.metrics import top_indices
 
 VIDEO_HEADER = "VideoId,LabelConfidencePairs"
@@ -23,16 +24,9 @@ SEGMENT_HEADER = "Class,Segments"
 
 
 def _atomic_write(path: str | os.PathLike, lines: Iterable[str]) -> None:
-    tmp = os.fspath(path) + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for line in lines:
-                f.write(line + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line + "\n")
 
 
 def _clean_id(raw: str | bytes, what: str) -> str:
