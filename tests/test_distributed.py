@@ -41,6 +41,7 @@ CONFIG = """train:
 """
 
 
+@pytest.mark.slow
 def test_two_workers_finish_with_identical_weights(tmp_path):
     data = tmp_path / "data"
     assert main(["synth", "--out", str(data), "--videos", "32", "--classes", "4", "--min-frames", "30",
@@ -145,6 +146,7 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_devices_trains_like_one_device(tmp_path):
     """MirroredStrategy (the multi-GPU path) on two logical CPU devices: each replica gets half the batch and the
     gradients are summed, so the loss must be scaled by 1 / replicas. Plain SGD shows a wrong scale at once (Adam

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from vidistill.distill.experiments import Table1, Table1Config
 
 
+@pytest.mark.slow
 def test_table1_miniature_runs_every_row_and_resumes(tmp_path):
     config = Table1Config.quick()
     experiment = Table1(config, str(tmp_path), progress=False)

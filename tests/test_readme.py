@@ -78,6 +78,7 @@ def test_the_readme_lists_the_stages():
         assert stage in names, f"the README shows no `vidistill {stage}` command"
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     from vidistill.teachers.config import HLSTMConfig, save_config
 
