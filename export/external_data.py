@@ -20,6 +20,8 @@ import onnx
 from onnx import TensorProto
 from onnx.external_data_helper import uses_external_data
 
+from vidistill.yt8m.files import atomic_write
+
 FLOAT_SCALE = 0.05  # random float weights are uniform in [-FLOAT_SCALE, FLOAT_SCALE]
 MIN_EXTERNAL_BYTES = 1024  # smaller tensors (shapes, scalars) stay inside the graph, with their real values
 
@@ -114,32 +116,24 @@ def fill_weights(path: str, seed: int = 0) -> dict:
     model = onnx.load(path, load_external_data=False)
     folder = os.path.dirname(os.path.abspath(path))
     positive = _positive_inputs(model.graph)
-    layout: dict[str, list[tuple[int, onnx.TensorProto]]] = {}
+    layout: dict[str, list[tuple[int, str | None, onnx.TensorProto]]] = {}
     for tensor in _tensors(model.graph):
         if not uses_external_data(tensor):
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
-        layout.setdefault(info["location"], []).append((int(info.get("offset", 0)), tensor))
+        layout.setdefault(info["location"], []).append((int(info.get("offset", 0)), info.get("length"), tensor))
     if not layout:
         raise ValueError(f"{path} has no external tensors: its weights are inside it, there is nothing to fill")
     written = tensors = 0
     for location, entries in layout.items():
-        target = os.path.join(folder, location)
-        tmp = f"{target}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                for offset, tensor in sorted(entries, key=lambda e: e[0]):
-                    data = random_values(tensor.name, list(tensor.dims), tensor.data_type, seed,
-                                         positive=tensor.name in positive)  # fmt: skip
-                    length = {e.key: e.value for e in tensor.external_data}.get("length")
-                    if length is not None and int(length) != len(data):
-                        raise ValueError(f"{path}: tensor {tensor.name} should take {length} bytes, not {len(data)}")
-                    f.seek(offset)
-                    f.write(data)
-                    written += len(data)
-                    tensors += 1
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_write(os.path.join(folder, location), "wb") as f:
+            for offset, length, tensor in sorted(entries, key=lambda e: e[0]):
+                data = random_values(tensor.name, list(tensor.dims), tensor.data_type, seed,
+                                     positive=tensor.name in positive)  # fmt: skip
+                if length is not None and int(length) != len(data):
+                    raise ValueError(f"{path}: tensor {tensor.name} should take {length} bytes, not {len(data)}")
+                f.seek(offset)
+                f.write(data)
+                written += len(data)
+                tensors += 1
     return {"tensors": tensors, "bytes": written, "files": sorted(layout)}

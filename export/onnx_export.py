@@ -25,6 +25,7 @@ from vidistill.export.errors import ExportError
 from vidistill.teachers.config import HLSTMConfig, ModelConfig, RNNConfig
 from vidistill.teachers.recurrent import StackedRNN
 from vidistill.yt8m.constants import FEATURE_SIZE
+from vidistill.yt8m.files import atomic_write
 
 OPSET = 17
 RECURRENT_OPS = ("LSTM", "GRU")
@@ -179,12 +180,7 @@ def attach_sequence_lengths(proto: onnx.ModelProto, config: ModelConfig) -> None
 
 def save_model(proto: onnx.ModelProto, path: str) -> str:
     """Writes atomically (a temporary name, then rename): a failed export leaves no half-written file."""
-    tmp = f"{path}.tmp"
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as f:
+        onnx.save(proto, f)
     return path
 

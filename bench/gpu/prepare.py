@@ -24,6 +24,8 @@ import os
 import shutil
 import sys
 
+from vidistill.yt8m.files import atomic_write
+
 DEMO_PRECISIONS = ["fp32", "fp16", "bf16", "int8-dynamic", "int8-static"]
 PAPER_PRECISIONS = ["fp32", "fp16", "bf16", "int8-dynamic"]
 PAPER_PRESET = "hlstm-paper"
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             _graph_only(work, out)
     sizes = {os.path.relpath(p, args.out): os.path.getsize(p)
              for p in glob.glob(os.path.join(args.out, "*", "*")) if os.path.isfile(p)}  # fmt: skip
-    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+    with atomic_write(os.path.join(args.out, "manifest.json")) as f:
         json.dump({"files": sizes, "command": " ".join(["python -m vidistill.bench.gpu.prepare", *(argv or sys.argv[1:])])},
                   f, indent=1)  # fmt: skip
     print(f"{args.out}: {len(sizes)} files, {sum(sizes.values()) / 2**20:.1f} MiB")
