@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import yaml
 
 from vidistill.distill.losses import LossWeights
+from vidistill.distill.modes import Mode
 from vidistill.students.student import StudentConfig
 from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields, read_mapping
 from vidistill.yt8m.files import atomic_write
 
-MODES = ("parallel", "serial", "teacher", "student")
+MODES = tuple(mode.value for mode in Mode)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = "parallel"
+    mode: Mode = Mode.PARALLEL
     teacher: ModelConfig | None = None
     student: StudentConfig | None = None
     teacher_run: str = ""  # serial mode (and optional for finetune): a trained teacher's run directory
@@ -57,6 +58,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.mode = Mode.parse(self.mode)
         if isinstance(self.teacher, dict):
             self.teacher = config_from_dict(self.teacher)
         if isinstance(self.student, dict):
@@ -68,22 +70,25 @@ class TrainConfig:
     def resolve(self) -> TrainConfig:
         """Resolves loss.head "auto" (LossWeights.resolved_head) in parallel and serial mode, so that
         config.yaml records the head a run used; returns self."""
-        if self.mode in ("parallel", "serial"):
+        if Mode.parse(self.mode).distills:
             self.loss.head = self.loss.resolved_head()
         return self
 
     def validate(self) -> None:
         """Checks that the run can start (and resolves loss.head "auto"); every message names the option to fix."""
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        self.mode = Mode.parse(self.mode)  # also when set after construction
         self.resolve()
-        needs_teacher = self.mode in ("parallel", "serial", "teacher")
-        needs_student = self.mode in ("parallel", "serial", "student")
-        if needs_teacher and self.teacher is None:
-            raise ValueError(f"mode {self.mode!r} needs a teacher (--teacher PRESET|CONFIG, or --teacher-run RUN)")
-        if needs_student and self.student is None:
-            raise ValueError(f"mode {self.mode!r} needs a student (--student PRESET|CONFIG or --frames K)")
-        if self.mode == "serial" and not self.teacher_run:
+        if self.mode.distills and self.loss.extra:
+            from vidistill.distill.terms import LOSS_TERMS
+
+            unknown = sorted(set(self.loss.extra) - set(LOSS_TERMS))
+            if unknown:
+                raise ValueError(f"loss.extra names no registered loss term: {unknown}; registered: {sorted(LOSS_TERMS)}")
+        if self.mode.has_teacher and self.teacher is None:
+            raise ValueError(f"mode '{self.mode}' needs a teacher (--teacher PRESET|CONFIG, or --teacher-run RUN)")
+        if self.mode.has_student and self.student is None:
+            raise ValueError(f"mode '{self.mode}' needs a student (--student PRESET|CONFIG or --frames K)")
+        if self.mode.restores_teacher and not self.teacher_run:
             raise ValueError("mode 'serial' trains against a frozen, trained teacher: pass --teacher-run RUN")
         if not self.data.train:
             raise ValueError("no training data: pass --data PATTERN (or data.train in the config file)")
@@ -107,6 +112,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
+        data["mode"] = Mode.parse(self.mode).value
         data["teacher"] = config_to_dict(self.teacher) if self.teacher else None
         data["student"] = self.student.to_dict() if self.student else None
         return data

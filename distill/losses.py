@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like every package __init__
@@ -198,6 +198,7 @@ class LossWeights:
     pred_kind: str = "kl"
     temperature: float = 1.0
     head: str = "auto"
+    extra: dict[str, float] = field(default_factory=dict)  # weights of registered loss terms (distill/terms.py)
 
     def __post_init__(self) -> None:
         for name in ("ce", "rep", "pred"):
@@ -215,6 +216,12 @@ class LossWeights:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"LossWeights.temperature must be a finite number > 0, got {t!r}")
         self.temperature = float(t)
+        if not isinstance(self.extra, Mapping):
+            raise ValueError(f"LossWeights.extra must map loss term names to weights, got {self.extra!r}")
+        for name, value in self.extra.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"LossWeights.extra.{name} must be a finite number >= 0, got {value!r}")
+        self.extra = {str(name): float(value) for name, value in self.extra.items()}
         if self.head not in HEADS:
             raise ValueError(f"LossWeights.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "probe" and self.ce > 0:
@@ -251,45 +258,22 @@ class LossWeights:
         return cls(**dict(d))
 
     def student_loss(self, labels, teacher_out: Mapping, student_out: Mapping, label_weights=None) -> dict:
-        """The student's losses: {"ce", "rep", "pred", "total"} (float32 scalars, batch means).
+        """The distilled student's losses: {"ce", "rep", "pred", "total"} (float32 scalars, batch means), plus one
+        entry per term of ``extra`` and "head_ce" with head "probe" (distill/terms.py: ``student_terms``).
 
         ``teacher_out`` / ``student_out``: mappings with "predictions" [B, C] (sigmoid probabilities) and
         "representation" [B, E] (the student's already projected to the teacher's width by the caller). The
         teacher's tensors are wrapped in ``tf.stop_gradient``: no gradient of any term reaches the teacher.
         ``label_weights`` [B, C] is passed to L_CE (segment training). Terms with weight 0 are not computed.
-
-        With ``head`` "probe" the result also holds "head_ce" (weight 1): L_CE of ``student_out["probe_predictions"]``,
-        the student's head applied to a stop-gradient of its representation (the caller computes it), so that
-        this term trains the head and nothing else.
+        With head "probe", ``student_out["probe_predictions"]`` is the student's head applied to a stop-gradient
+        of its representation (the caller computes it).
         """
-        zero = tf.constant(0.0, tf.float32)
-        out = {"ce": zero, "rep": zero, "pred": zero}
-        if self.ce > 0:
-            out["ce"] = cross_entropy(labels, student_out["predictions"], label_weights=label_weights)
-        if self.rep > 0:
-            out["rep"] = representation_loss(
-                tf.stop_gradient(_f32(teacher_out["representation"])), student_out["representation"]
-            )
-        if self.pred > 0:
-            teacher_p = tf.stop_gradient(_f32(teacher_out["predictions"]))
-            if self.pred_kind == "binary":
-                out["pred"] = prediction_binary(teacher_p, student_out["predictions"], self.temperature)
-            else:
-                out["pred"] = PREDICTION_LOSSES[self.pred_kind](teacher_p, student_out["predictions"])
-        total = zero
-        for name in ("ce", "rep", "pred"):
-            w = getattr(self, name)
-            if w > 0:
-                total = total + w * out[name]
-        if self.resolved_head() == "probe":
-            if "probe_predictions" not in student_out:
-                raise ValueError(
-                    'head "probe": student_out needs "probe_predictions" (the head on a stop-gradient of E_S)'
-                )
-            out["head_ce"] = cross_entropy(labels, student_out["probe_predictions"], label_weights=label_weights)
-            total = total + out["head_ce"]
-        out["total"] = total
-        return out
+        from vidistill.distill.heads import HEAD_POLICIES
+        from vidistill.distill.terms import LossInputs, student_terms, weighted_sum
+
+        terms = student_terms(self) + HEAD_POLICIES[self.resolved_head()].terms()
+        values, total = weighted_sum(terms, LossInputs(labels, teacher_out, student_out, label_weights))
+        return {**values, "total": total}
 
 
 _PRESETS: dict[str, dict] = {

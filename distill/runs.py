@@ -34,7 +34,7 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
         raise FileNotFoundError(f"{path} is neither a run directory (config.yaml) nor a converted student")
     config = load_train_config(path)
     if which == "auto":
-        which = "student" if config.student is not None and config.mode != "teacher" else "teacher"
+        which = "student" if config.student is not None and config.mode.has_student else "teacher"
     models = build_models(config, only=which)
     model = getattr(models, which)
     if model is None:
@@ -46,7 +46,7 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
 def convert_run(run_dir: str, out_dir: str) -> str:
     """Strips the teacher: the run's student (best checkpoint, else last) alone, as a student directory."""
     config = load_train_config(run_dir)
-    if config.student is None or config.mode == "teacher":
-        raise ValueError(f"{run_dir} is a {config.mode!r} run without a student: nothing to convert")
+    if config.student is None or not config.mode.has_student:
+        raise ValueError(f"{run_dir} is a '{config.mode}' run without a student: nothing to convert")
     loaded = load_model(run_dir, "student")
     return save_student(loaded.model, config.student, out_dir)

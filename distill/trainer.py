@@ -81,8 +81,8 @@ class Models:
 def build_models(config: TrainConfig, *, only: str = "") -> Models:
     """The teacher and/or student of a run, and the L_REP projection when their widths differ; `only`
     ("teacher" or "student") builds just that one."""
-    with_teacher = config.teacher is not None and config.mode != "student" and only != "student"
-    with_student = config.student is not None and config.mode != "teacher" and only != "teacher"
+    with_teacher = config.teacher is not None and config.mode.has_teacher and only != "student"
+    with_student = config.student is not None and config.mode.has_student and only != "teacher"
     teacher = build_model(config.teacher, name="teacher") if with_teacher else None
     student = build_student(config.student) if with_student else None
     projection = None
@@ -226,7 +226,7 @@ class Run:
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope(), _precision(config.mixed_precision):
             self.models = build_models(config)
-            if config.mode == "serial":
+            if config.mode.restores_teacher:
                 restore_models(Models(self.models.teacher, None, None), config.teacher_run)
             if config.init_student:
                 load_student_weights(self.models.student, config.init_student)
@@ -253,7 +253,7 @@ class Run:
         self.best_gap = _best_gap(run_dir)
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            self.distiller.sync_head()
+            self.distiller.head_policy.after_restore()
         self.nan_guard = _NaNGuard()
         self.last_eval_step = -1
 
@@ -314,7 +314,7 @@ class Run:
                 acc += v.numpy()
         for acc, v in zip(total, variables):
             v.assign((acc / len(paths)).astype(v.dtype.as_numpy_dtype))
-        self.distiller.sync_head()  # loss.head "teacher": the student's head is the averaged teacher's
+        self.distiller.head_policy.after_restore()  # loss.head "teacher": the student's head is the averaged teacher's
         averaged = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(os.path.dirname(self.manager.directory), CHECKPOINTS, "averaged"), 1
         ).save(checkpoint_number=self.step)

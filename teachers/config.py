@@ -8,6 +8,7 @@ the students that are narrower than their teachers.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -167,6 +168,9 @@ def _expected(value, hint) -> str | None:
         return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
     if hint is str:
         return None if isinstance(value, str) else "a string"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        choices = [member.value for member in hint]
+        return None if value in choices else f"one of {', '.join(map(str, choices))}"
     return None
 
 

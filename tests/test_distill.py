@@ -242,7 +242,7 @@ def test_student_losses_never_reach_the_teacher(data):
     distiller = Distiller("parallel", models.teacher, models.student, config.loss, models.projection)
     batch = _batch(data["train"])
     with tf.GradientTape(persistent=True) as tape:
-        logs = distiller._loss_terms(batch, training=True)
+        logs = distiller.compute_losses(batch, training=True)
     teacher_vars = models.teacher.trainable_variables
     student_vars = models.student.trainable_variables + models.projection.trainable_variables
     assert teacher_vars and student_vars

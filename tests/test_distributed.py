@@ -147,15 +147,12 @@ print("RESULT " + json.dumps(result))
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_on_two_devices_trains_like_one_device(tmp_path):
+def test_mirrored_strategy_on_two_devices_trains_like_one_device(tmp_path, synth_data):
     """MirroredStrategy (the multi-GPU path) on two logical CPU devices: each replica gets half the batch and the
     gradients are summed, so the loss must be scaled by 1 / replicas. Plain SGD shows a wrong scale at once (Adam
     would hide it); a whole Run under the strategy trains its steps and scores like the one-device Run."""
-    data = tmp_path / "data"
-    assert main(["synth", "--out", str(data), "--videos", "24", "--classes", "4", "--min-frames", "30",
-                 "--max-frames", "30", "--shards", "1", "--workers", "1"]) == 0  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(data / "train-*.tfrecord"), str(tmp_path / "runs")],
+        [sys.executable, "-c", MIRRORED, synth_data(videos=24).train, str(tmp_path / "runs")],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
     )  # fmt: skip
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

@@ -22,7 +22,6 @@ from vidistill.distill.losses import LossWeights  # noqa: E402
 from vidistill.distill.trainer import Run, build_models  # noqa: E402
 from vidistill.students.student import student_config  # noqa: E402
 from vidistill.teachers.config import HLSTMConfig  # noqa: E402
-from vidistill.cli import main  # noqa: E402
 
 CLASSES = 4
 FRAMES = 30
@@ -33,12 +32,8 @@ REP_ONLY = dict(ce=0.0, rep=0.01, pred=0.0)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rep_head") / "data"
-    code = main(["synth", "--out", str(out), "--videos", "24", "--heldout", "8", "--classes", str(CLASSES),
-                 "--min-frames", "30", "--max-frames", str(FRAMES), "--shards", "1", "--workers", "1"])  # fmt: skip
-    assert code == 0
-    return str(out / "train-*.tfrecord")
+def data(synth_data):
+    return synth_data(videos=24, heldout=8, classes=CLASSES, max_frames=FRAMES).train
 
 
 def _config(data: str, loss: LossWeights, *, mode: str = "parallel", width: float = 1.0, steps: int = 4) -> TrainConfig:
@@ -182,7 +177,7 @@ def test_probe_head_learns_while_the_representation_gets_no_ce_gradient():
     assert head_vars and encoder_vars and head.trainable
     batch = _batch()
     with tf.GradientTape(persistent=True) as tape:
-        logs = distiller._loss_terms(batch, training=True)
+        logs = distiller.compute_losses(batch, training=True)
     assert float(logs["head_ce"]) > 0 and float(logs["rep"]) > 0 and float(logs["ce"]) == 0
     assert all(g is None for g in tape.gradient(logs["head_ce"], encoder_vars + models.projection.trainable_variables))
     head_grads = tape.gradient(logs["head_ce"], head_vars)

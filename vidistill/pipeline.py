@@ -4,20 +4,26 @@ synth -> parallel teacher-student training (student k=K) -> serial student k=K_S
 convert -> fine-tune -> export (every precision of the k=K student; fp32 / int8 of the other student and of the
 teacher, and the teacher as a TF SavedModel: what a user serves today) -> bench -> one table.
 
-Every stage writes into OUT and is skipped when its output is complete, so a killed demo continues where it
-stopped (`--resume`). The configuration is a dataclass saved as OUT/demo.yaml.
+Every stage writes into OUT and, when it finishes, a completion marker OUT/stages/<stage>.json (written
+atomically: its timing and result). `run_demo(..., resume=True)` skips the stages with a marker, removes the
+partial output of one without (a training run is kept instead: it resumes from its checkpoints), and goes on
+where a killed demo stopped. The configuration is a dataclass saved as OUT/demo.yaml.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import yaml
+
+from vidistill.yt8m.files import atomic_write
 
 
 QUICK_PRECISIONS = ["fp32", "fp16", "bf16", "int8-dynamic", "tf-fp32"]
@@ -76,16 +82,40 @@ class Demo:
         self.timings[name] = round(time.perf_counter() - started, 1)
         return result
 
+    def marker(self, stage: str) -> str:
+        return self.path("stages", f"{stage}.json")
+
+    def once(self, stage: str, output: str | None, fn: Callable[[], object], *, resumable: bool = False):
+        """Runs `fn` (one stage, writing `output`) unless the stage's marker says it finished; returns its result
+        (JSON-serializable), also when it was skipped. Without a marker the stage's partial output is removed
+        first, unless the stage is `resumable` (it continues from what it left)."""
+        marker = self.marker(stage)
+        if os.path.exists(marker):
+            with open(marker) as f:
+                return json.load(f)["result"]
+        if output and not resumable:
+            shutil.rmtree(output, ignore_errors=True)
+        started = time.perf_counter()
+        result = fn()
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with atomic_write(marker) as f:
+            json.dump({"stage": stage, "output": output, "seconds": round(time.perf_counter() - started, 1),
+                       "finished": datetime.datetime.now().isoformat(timespec="seconds"), "result": result},
+                      f, indent=1, default=str)  # fmt: skip
+        return result
+
     # -- stages ------------------------------------------------------------------------------------------------
     def synth(self) -> None:
         from vidistill.yt8m.synthetic import SynthConfig, write_dataset
 
-        if os.path.exists(os.path.join(self.data, "synth.yaml")):
-            return
         c = self.config
-        _stage(f"synthetic data: {c.videos} + {c.heldout} videos, {c.classes} classes, up to {c.max_frames} frames")
-        write_dataset(SynthConfig(videos=c.videos, heldout=c.heldout, classes=c.classes, seed=c.seed,
-                                  min_frames=c.min_frames, max_frames=c.max_frames, shards=4), self.data)  # fmt: skip
+
+        def write() -> None:
+            _stage(f"synthetic data: {c.videos} + {c.heldout} videos, {c.classes} classes, up to {c.max_frames} frames")
+            write_dataset(SynthConfig(videos=c.videos, heldout=c.heldout, classes=c.classes, seed=c.seed,
+                                      min_frames=c.min_frames, max_frames=c.max_frames, shards=4), self.data)  # fmt: skip
+
+        self.once("synth", self.data, write)
 
     def teacher_config(self):
         from vidistill.teachers.config import HLSTMConfig
@@ -99,9 +129,6 @@ class Demo:
         from vidistill.distill.trainer import Run, latest_checkpoint
 
         run_dir = self.path("runs", name)
-        if os.path.exists(os.path.join(run_dir, "summary.json")):
-            return run_dir
-        _stage(title)
         c = self.config
         config.data = DataConfig(train=self.train_data, eval=self.eval_data, max_frames=c.max_frames,
                                  batch_size=c.batch_size, eval_batch_size=64)  # fmt: skip
@@ -109,16 +136,19 @@ class Demo:
         config.checkpoint_every = max(1, config.steps // 3)
         config.eval_every = 0
         config.seed = c.seed
-        resume = os.path.exists(os.path.join(run_dir, "config.yaml"))
-        if resume:
-            try:
-                latest_checkpoint(run_dir)
-            except Exception:
-                shutil.rmtree(run_dir)
-                resume = False
-        summary = Run(config, run_dir, resume=resume).train()
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1, default=str)
+
+        def train() -> dict:
+            _stage(title)
+            resume = os.path.exists(os.path.join(run_dir, "config.yaml"))
+            if resume:
+                try:
+                    latest_checkpoint(run_dir)
+                except Exception:  # killed before its first checkpoint: start again
+                    shutil.rmtree(run_dir)
+                    resume = False
+            return Run(config, run_dir, resume=resume).train()
+
+        self.once(f"train-{name}", run_dir, train, resumable=True)
         return run_dir
 
     def train(self) -> tuple[str, str]:
@@ -145,19 +175,18 @@ class Demo:
         from vidistill.distill.finetune import finetune
 
         c = self.config
-        students = self.path("students")
-        small = os.path.join(students, f"k{c.k_small}")
-        if not os.path.exists(small):
-            convert_run(serial, small)
-        converted = os.path.join(students, f"k{c.k}")
-        if not os.path.exists(converted):
-            convert_run(parallel, converted)
-        tuned = os.path.join(students, f"k{c.k}-finetuned")
-        if not os.path.exists(os.path.join(tuned, "student.yaml")):
+        small = self.path("students", f"k{c.k_small}")
+        self.once(f"convert-k{c.k_small}", small, lambda: convert_run(serial, small))
+        converted = self.path("students", f"k{c.k}")
+        self.once(f"convert-k{c.k}", converted, lambda: convert_run(parallel, converted))
+        tuned = self.path("students", f"k{c.k}-finetuned")
+
+        def tune() -> str:
             _stage(f"fine-tuning the k={c.k} student alone (L_CE), {c.finetune_steps} steps")
-            shutil.rmtree(tuned, ignore_errors=True)
-            finetune(converted, self.train_data, tuned, eval_data=self.eval_data, steps=c.finetune_steps,
-                     batch_size=c.batch_size, learning_rate=c.learning_rate / 3)
+            return finetune(converted, self.train_data, tuned, eval_data=self.eval_data, steps=c.finetune_steps,
+                            batch_size=c.batch_size, learning_rate=c.learning_rate / 3)  # fmt: skip
+
+        self.once(f"finetune-k{c.k}", tuned, tune)
         return tuned, small
 
     def export(self, parallel: str, student: str, small: str) -> dict[str, str]:
@@ -173,16 +202,15 @@ class Demo:
         }
         dirs = {}
         for name, (source_dir, which, precisions) in jobs.items():
-            out = self.path("export", name)
-            dirs[name] = out
-            if os.path.exists(os.path.join(out, "done")):
-                continue
-            _stage(f"export: {name} ({'every precision' if precisions is None else ', '.join(precisions)})")
-            config = ExportConfig(precisions=precisions, eval_data=self.eval_data, calibration_data=self.train_data,
-                                  qat_steps=c.qat_steps, calibration_batches=4)  # fmt: skip
-            shutil.rmtree(out, ignore_errors=True)
-            export(export_source(source_dir, which), out, config)
-            open(os.path.join(out, "done"), "w").close()
+            out = dirs[name] = self.path("export", name)
+
+            def run_export(name=name, source_dir=source_dir, which=which, precisions=precisions, out=out) -> None:
+                _stage(f"export: {name} ({'every precision' if precisions is None else ', '.join(precisions)})")
+                config = ExportConfig(precisions=precisions, eval_data=self.eval_data,
+                                      calibration_data=self.train_data, qat_steps=c.qat_steps, calibration_batches=4)  # fmt: skip
+                export(export_source(source_dir, which), out, config)
+
+            self.once(f"export-{name}", out, run_export)
         return dirs
 
     def bench(self, dirs: dict[str, str]):
@@ -208,7 +236,7 @@ class Demo:
     # -- the whole demo ----------------------------------------------------------------------------------------
     def run(self) -> str:
         os.makedirs(self.out, exist_ok=True)
-        with open(self.path("demo.yaml"), "w") as f:
+        with atomic_write(self.path("demo.yaml")) as f:
             yaml.safe_dump({"demo": dataclasses.asdict(self.config)}, f, sort_keys=False)
         self._timed("synth", self.synth)
         parallel, serial = self._timed("train", self.train)
@@ -223,9 +251,27 @@ class Demo:
         for note in notes:
             text += f"\nnote: {note}"
         text += "\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in self.timings.items())
-        with open(self.path("summary.md"), "w") as f:
+        with atomic_write(self.path("summary.md")) as f:
             f.write(text + "\n")
         return text
+
+
+def run_demo(out: str, *, quick: bool = False, resume: bool = False, overwrite: bool = False) -> str:
+    """The whole demo into `out`; returns the final table. A non-empty `out` needs `resume` (continue it, with
+    its saved demo.yaml) or `overwrite` (delete it first)."""
+    if os.path.exists(out) and os.listdir(out) and not resume:
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty: pass --resume to continue it, --overwrite "
+                                  "to start again, or another --out")  # fmt: skip
+        shutil.rmtree(out)
+    config = DemoConfig.quick() if quick else DemoConfig()
+    saved = os.path.join(out, "demo.yaml")
+    if resume and os.path.exists(saved):
+        with open(saved) as f:
+            fields = yaml.safe_load(f)["demo"]
+        fields["bench_batches"] = tuple(fields["bench_batches"])
+        config = DemoConfig(**fields)
+    return Demo(config, out).run()
 
 
 def final_table(rows: list[dict], batches) -> str:

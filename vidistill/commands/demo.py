@@ -5,8 +5,6 @@ The stages live in vidistill/pipeline.py; OUT/demo.yaml holds the configuration,
 
 from __future__ import annotations
 
-import os
-
 HELP = "run the whole pipeline on built-in synthetic data and print the final table"
 
 
@@ -18,22 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import shutil
+    from vidistill.pipeline import run_demo
 
-    from vidistill.pipeline import Demo, DemoConfig
-
-    if os.path.exists(args.out) and os.listdir(args.out) and not args.resume:
-        if not args.overwrite:
-            raise FileExistsError(f"{args.out} exists and is not empty: pass --resume to continue it, --overwrite "
-                                  "to start again, or another --out")  # fmt: skip
-        shutil.rmtree(args.out)
-    config = DemoConfig.quick() if args.quick else DemoConfig()
-    if args.resume and os.path.exists(os.path.join(args.out, "demo.yaml")):
-        import yaml
-
-        with open(os.path.join(args.out, "demo.yaml")) as f:
-            saved = yaml.safe_load(f)["demo"]
-        saved["bench_batches"] = tuple(saved["bench_batches"])
-        config = DemoConfig(**saved)
-    print(Demo(config, args.out).run())
+    print(run_demo(args.out, quick=args.quick, resume=args.resume, overwrite=args.overwrite))
     return 0

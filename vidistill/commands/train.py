@@ -31,6 +31,7 @@ def add_arguments(parser) -> None:
 def resolve_config(args):
     """The TrainConfig of the config file (or defaults) with the flags applied."""
     from vidistill.distill.config import TrainConfig, load_train_config
+    from vidistill.distill.modes import Mode
     from vidistill.students.student import student_config
     from vidistill.teachers.presets import resolve
 
@@ -39,7 +40,7 @@ def resolve_config(args):
     else:
         config = load_train_config(args.config) if args.config else TrainConfig()
     if args.mode:
-        config.mode = args.mode
+        config.mode = Mode.parse(args.mode, "--mode")
     if args.data:
         config.data.train = args.data
     if args.eval_data:
@@ -52,7 +53,7 @@ def resolve_config(args):
     if args.teacher_run:
         config.teacher_run = args.teacher_run
         config.teacher = load_train_config(args.teacher_run).teacher
-        config.mode = args.mode or "serial"
+        config.mode = Mode.parse(args.mode or "serial", "--mode")
     if args.teacher:
         config.teacher = resolve(args.teacher)
     if args.num_classes and config.teacher:

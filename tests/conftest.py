@@ -1,0 +1,67 @@
+"""Shared test fixtures: tiny synthetic data made once per session, and the tiny teacher most tests train.
+
+The fast tier (a developer's loop) is `python -m pytest -m "not slow"`; CI runs everything (setup.cfg declares
+the `slow` marker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
+
+TINY_CLASSES = 4
+TINY_FRAMES = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthData:
+    """A folder written by `vidistill synth`: `train` / `heldout` are glob patterns of its records (train-*, validate-*)."""
+
+    root: str
+
+    @property
+    def train(self) -> str:
+        return os.path.join(self.root, "train-*.tfrecord")
+
+    @property
+    def heldout(self) -> str:
+        return os.path.join(self.root, "validate-*.tfrecord")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """`synth_data(videos=24, heldout=8, classes=4, min_frames=30, max_frames=30, shards=1, seed=0,
+    segments=False)` -> SynthData: written once per distinct argument set in the session (read-only for tests:
+    a test that changes the files must make its own)."""
+    from vidistill.cli import main
+
+    made: dict[tuple, SynthData] = {}
+
+    def make(*, videos: int = 24, heldout: int = 8, classes: int = TINY_CLASSES, min_frames: int = TINY_FRAMES,
+             max_frames: int = TINY_FRAMES, shards: int = 1, seed: int = 0, segments: bool = False) -> SynthData:  # fmt: skip
+        key = (videos, heldout, classes, min_frames, max_frames, shards, seed, segments)
+        if key not in made:
+            out = tmp_path_factory.mktemp("synth")
+            argv = ["synth", "--out", str(out), "--videos", str(videos), "--heldout", str(heldout),
+                    "--classes", str(classes), "--min-frames", str(min_frames), "--max-frames", str(max_frames),
+                    "--shards", str(shards), "--seed", str(seed), "--workers", "1"]  # fmt: skip
+            if segments:
+                argv.append("--segments")
+            assert main(argv) == 0
+            made[key] = SynthData(str(out))
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher():
+    """An H-LSTM of 8 cells, 4 classes, 30 frames: seconds to train a few steps."""
+    from vidistill.teachers.config import HLSTMConfig
+
+    return HLSTMConfig(num_classes=TINY_CLASSES, frames=TINY_FRAMES, chunks=3, lower_cells=8, upper_cells=8,
+                       lower_layers=1, upper_layers=1)  # fmt: skip
