@@ -24,14 +24,13 @@ from vidistill.export import onnx_export, precision, quantize
 from vidistill.export.card import Accuracy, ModelCard, Parity, card_path, write_card
 from vidistill.export.config import ONNX_PRECISIONS, TF_PRECISIONS, TOLERANCES, ExportConfig
 from vidistill.export.errors import ExportError
-from vidistill.export.predictor import Predictor, frames_to_read, prepare_inputs
+from vidistill.export.predictor import Predictor, frames_to_read, prepare_inputs, record_batches
 from vidistill.export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
 from vidistill.export.sessions import available_providers
 from vidistill.export.source import ExportSource
 from vidistill.teachers.registry import model_flops
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 from vidistill.yt8m.metrics import VideoMetrics
-from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
 # Below this many held-out videos a GAP difference is noise (its standard error is several points): accuracy is
 # still reported, but the GAP-drop tolerance is not applied (the card says so).
@@ -98,17 +97,7 @@ class HeldOut:
                 frames[np.arange(t)[None, :] >= num_frames[:, None]] = 0
                 yield frames, num_frames, None
             return
-        yield from _record_batches(config.eval_data, self.source, config.batch_size, config.eval_videos)
-
-
-def _record_batches(pattern: str, source: ExportSource, batch_size: int, max_videos: int = 0):
-    ds = read_frame_dataset(pattern, num_classes=source.classes, max_frames=frames_to_read(source),
-                            batch_size=batch_size, deterministic=True)  # fmt: skip
-    if max_videos:
-        ds = ds.unbatch().take(max_videos).batch(batch_size)
-    with data_errors():
-        for batch in ds.as_numpy_iterator():
-            yield batch["frames"], batch["num_frames"], batch["labels"]
+        yield from record_batches(config.eval_data, self.source, config.batch_size, config.eval_videos)
 
 
 def _metrics(predictions: list[np.ndarray], labels: list[np.ndarray], classes: int) -> dict:
@@ -157,26 +146,16 @@ class Exporter:
 
     def _calibration_inputs(self) -> Iterator[dict[str, np.ndarray]]:
         pattern = self.config.calibration_data
-        batches = _record_batches(pattern, self.source, self.config.batch_size,
-                                  self.config.calibration_batches * self.config.batch_size)  # fmt: skip
+        batches = record_batches(pattern, self.source, self.config.batch_size,
+                                 self.config.calibration_batches * self.config.batch_size)  # fmt: skip
         for frames, num_frames, _ in batches:
             yield prepare_inputs(self.source, frames, num_frames)
 
     def _qat(self):
         from vidistill.export import qat
 
-        pattern = self.config.calibration_data
         model = qat.quantize_aware(self.source.network)
-
-        def generator():
-            for frames, num_frames, labels in _record_batches(pattern, self.source, self.config.batch_size):
-                inputs = prepare_inputs(self.source, frames, num_frames)
-                yield {"frames": inputs["frames"], "num_frames": inputs["num_frames"]}, labels.astype(np.float32)
-
-        spec = ({"frames": tf.TensorSpec([None, self.source.frames, FEATURE_SIZE], tf.float32),
-                 "num_frames": tf.TensorSpec([None], tf.int32)},
-                tf.TensorSpec([None, self.source.classes], tf.float32))  # fmt: skip
-        dataset = tf.data.Dataset.from_generator(generator, output_signature=spec).repeat()
+        dataset = qat.finetune_dataset(self.config.calibration_data, self.source, self.config.batch_size)
         losses = qat.qat_finetune(model, dataset, steps=self.config.qat_steps,
                                   learning_rate=self.config.qat_learning_rate)  # fmt: skip
         proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)

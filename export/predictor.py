@@ -6,7 +6,8 @@ tfrecords with `predict_records`).
 
 It reads the model card beside the file, turns whole videos into the file's inputs (a student's k frames chosen
 by its selection policy, bit for bit as in training; a teacher's frames padded or cut to its length), and runs
-the ONNX Runtime session.
+the ONNX Runtime session. `record_batches` reads labeled records as whole videos, for the export's checks and
+int8-qat fine-tuning.
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ def prepare_inputs(card, frames: np.ndarray, num_frames) -> dict[str, np.ndarray
     counts = np.minimum(n, t)
     fitted[np.arange(t)[None, :] >= counts[:, None]] = 0
     return {"frames": fitted, "num_frames": counts.astype(np.int32)}
+
+
+def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0):
+    """Labeled frame-level records -> (frames [B, T, 1152] whole videos, num_frames [B], labels [B, C]) per batch,
+    in file order, T = `frames_to_read(model)` (needs TensorFlow); at most `max_videos` videos (0: all)."""
+    from vidistill.yt8m.readers import data_errors, read_frame_dataset
+
+    ds = read_frame_dataset(pattern, num_classes=model.classes, max_frames=frames_to_read(model),
+                            batch_size=batch_size, deterministic=True)  # fmt: skip
+    if max_videos:
+        ds = ds.unbatch().take(max_videos).batch(batch_size)
+    with data_errors():
+        for batch in ds.as_numpy_iterator():
+            yield batch["frames"], batch["num_frames"], batch["labels"]
 
 
 class Predictor:

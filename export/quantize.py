@@ -7,7 +7,7 @@ static   QDQ format, int8 weights (per channel) and activations, both symmetric 
          Concat and Transpose too cost 1.8 GAP points in the demo), activation ranges from the 99.999th percentile
          over calibration batches of real inputs; `quant_pre_process` (shape inference and graph optimization)
          runs first, as ONNX Runtime recommends. Recurrent nodes stay float (no static int8 LSTM).
-(QAT, the third int8 variant, is trained in TensorFlow: export/qat.py.)
+(QAT, the third int8 variant, is trained in TensorFlow: export/qat/.)
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ def test_the_wheel_installs_vidistill_alone_and_its_api_imports_outside_the_tree
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"vidistill", wheel.name.split("-py")[0] + ".dist-info"}
     for expected in ("vidistill/teachers/registry.py", "vidistill/yt8m/readers.py", "vidistill/export/predictor.py",
-                     "vidistill/bench/gpu/run.sh", "vidistill/commands/bench.py"):  # fmt: skip
+                     "vidistill/export/qat/scheme.py", "vidistill/bench/gpu/run.sh",
+                     "vidistill/commands/bench.py"):  # fmt: skip
         assert expected in names
     site = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",

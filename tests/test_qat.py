@@ -1,5 +1,6 @@
-"""Quantization-aware training of student backbones (export/qat.py): what gets quantized, closeness to the float
-model, fine-tuning, and the tf2onnx export (symmetric int8 Q/DQ, ONNX Runtime parity).
+"""Quantization-aware training of student backbones (export/qat/): what gets quantized, closeness to the float
+model, the fine-tuning data (the exported file's own inputs), fine-tuning, and the tf2onnx export (symmetric int8
+Q/DQ, ONNX Runtime parity).
 
 Tiny students (k = 6 frames, 4 classes) of three families: an H-LSTM (MoE head: only the head is quantized), a
 NetVLAD (MoE head with probability gating) and a NeXtVLAD (logistic head), on 24 synthetic videos of 8-12
@@ -18,12 +19,14 @@ import tf_keras as keras  # noqa: E402
 from vidistill.export.qat import (  # noqa: E402
     SymmetricQuantizer,
     calibrate,
+    finetune_dataset,
     is_calibrated,
     qat_finetune,
     quantization_report,
     quantize_aware,
-    selected_frames_dataset,
 )
+from vidistill.export.predictor import prepare_inputs  # noqa: E402
+from vidistill.export.source import student_source  # noqa: E402
 from vidistill.students.student import build_student, student_config  # noqa: E402
 from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig, NeXtVLADConfig  # noqa: E402
 from vidistill.teachers.recurrent import StackedRNN  # noqa: E402
@@ -86,8 +89,14 @@ def records(tmp_path_factory):
     return str(path)
 
 
-def _dataset(records, config, **options):
-    return selected_frames_dataset(records, config, batch_size=8, num_classes=CLASSES, max_frames=FRAMES, **options)
+def _source(config):
+    """A student of `config` and its ExportSource (what the exporter is given)."""
+    student = build_student(config)
+    return student, student_source(student, config, "test")
+
+
+def _dataset(records, source):
+    return finetune_dataset(records, source, batch_size=8)
 
 
 @pytest.fixture(scope="module", params=sorted(BASES))
@@ -95,13 +104,13 @@ def family(request, records):
     """A student of the family, its float backbone, a batch, and the QAT backbone calibrated on 2 batches."""
     tf.random.set_seed(0)
     config = student_config(BASES[request.param], k=K, policy="uniform")
-    student = build_student(config)
+    student, source = _source(config)
     backbone = student.get_layer("student_backbone")
-    qat = quantize_aware(backbone, calibration=_dataset(records, config), calibration_steps=2)
-    inputs, labels = next(iter(_dataset(records, config)))
+    qat = quantize_aware(backbone, calibration=_dataset(records, source), calibration_steps=2)
+    inputs, labels = next(iter(_dataset(records, source)))
     return {
-        "name": request.param, "config": config, "student": student, "backbone": backbone, "qat": qat,
-        "inputs": inputs, "labels": labels,
+        "name": request.param, "config": config, "source": source, "student": student, "backbone": backbone,
+        "qat": qat, "inputs": inputs, "labels": labels,
     }  # fmt: skip
 
 
@@ -110,24 +119,35 @@ def _predict(model, inputs):
 
 
 # ------------------------------------------------------------------------------------------------ data
-def test_selected_frames_dataset_feeds_the_backbone_what_the_student_selects(records):
-    config = student_config(BASES["netvlad"], k=K, policy="fml")
-    student = build_student(config)
+def test_finetune_dataset_is_what_the_exported_student_is_fed(records):
+    """The function the exporter fine-tunes int8-qat on gives, batch for batch, the exported file's inputs at
+    inference (`prepare_inputs`, what the Predictor feeds it) for the same records, and those are the frames the
+    trained student selects itself (policy `random`: its seed must travel too)."""
+    config = student_config(BASES["netvlad"], k=K, policy="random", seed=3)
+    student, source = _source(config)
     backbone = student.get_layer("student_backbone")
+    from vidistill.students.selection import select_frames
     from vidistill.yt8m.readers import read_frame_dataset
 
-    videos = next(iter(read_frame_dataset(records, num_classes=CLASSES, max_frames=FRAMES, batch_size=8,
-                                          deterministic=True)))  # fmt: skip
-    inputs, labels = next(iter(_dataset(records, config)))
-    assert inputs["frames"].shape == (8, K, RGB_SIZE + AUDIO_SIZE)
-    assert inputs["num_frames"].dtype == tf.int32 and labels.shape == (8, CLASSES)
-    np.testing.assert_array_equal(inputs["num_frames"], np.minimum(videos["num_frames"], K))
-    np.testing.assert_array_equal(labels, videos["labels"])
-    whole = student({"frames": videos["frames"], "num_frames": videos["num_frames"]}, training=False)
+    videos = list(read_frame_dataset(records, num_classes=CLASSES, max_frames=FRAMES, batch_size=8,
+                                     deterministic=True).as_numpy_iterator())  # fmt: skip
+    batches = list(_dataset(records, source).as_numpy_iterator())
+    assert len(batches) == len(videos) == 3  # one pass over the 24 videos, in file order
+    for (inputs, labels), video in zip(batches, videos):
+        expected = prepare_inputs(source, video["frames"], video["num_frames"])
+        assert set(inputs) == {"frames", "num_frames"} and inputs["frames"].shape == (8, K, RGB_SIZE + AUDIO_SIZE)
+        assert inputs["frames"].dtype == np.float32 and inputs["num_frames"].dtype == np.int32
+        np.testing.assert_array_equal(inputs["frames"], expected["frames"])
+        np.testing.assert_array_equal(inputs["num_frames"], expected["num_frames"])
+        np.testing.assert_array_equal(labels, video["labels"].astype(np.float32))
+        assert labels.dtype == np.float32 and labels.shape == (8, CLASSES)
+    inputs, _ = batches[0]
+    frames, counts = select_frames(videos[0]["frames"], videos[0]["num_frames"], K, "random", training=False, seed=3)
+    np.testing.assert_array_equal(inputs["frames"], frames.numpy())
+    np.testing.assert_array_equal(inputs["num_frames"], np.minimum(videos[0]["num_frames"], K))
+    whole = student({"frames": videos[0]["frames"], "num_frames": videos[0]["num_frames"]}, training=False)
     selected = backbone(inputs, training=False)
     np.testing.assert_allclose(selected["predictions"], whole["predictions"], atol=1e-6)
-    with pytest.raises(ValueError, match="classes"):
-        selected_frames_dataset(records, config, batch_size=8, num_classes=CLASSES + 1, max_frames=FRAMES)
     with pytest.raises(ValueError, match="backbone"):
         quantize_aware(student)  # the whole student: frame selection stays outside the QAT model
 
@@ -193,7 +213,7 @@ def test_symmetric_quantizers_use_int8_grids_with_zero_at_zero():
 def test_finetune_runs_and_lowers_the_loss(family, records):
     qat = quantize_aware(family["backbone"])  # not calibrated: the first training step sets the ranges
     assert not is_calibrated(qat)
-    data = _dataset(records, family["config"]).take(1).cache()  # one fixed batch, repeated
+    data = _dataset(records, family["source"]).take(1).cache()  # one fixed batch, repeated
     losses = qat_finetune(qat, data, steps=12, learning_rate=1e-2)
     print(f"{family['name']}: L_CE per step {' '.join(f'{v:.3f}' for v in losses)}")
     assert len(losses) == 12 and np.isfinite(losses).all()
@@ -213,11 +233,12 @@ def test_finetune_runs_and_lowers_the_loss(family, records):
 
 def test_calibrate_sets_ranges_then_only_widens_them(records):
     config = student_config(BASES["netvlad"], k=K)
-    qat = quantize_aware(build_student(config).get_layer("student_backbone"), per_channel=False)
+    student, source = _source(config)
+    qat = quantize_aware(student.get_layer("student_backbone"), per_channel=False)
     assert not is_calibrated(qat)
     kernel_ranges = [v for v in qat.non_trainable_variables if v.name.endswith("kernel_max:0")]
     assert len(kernel_ranges) == len(QUANTIZED["netvlad"]) and all(v.shape == () for v in kernel_ranges)
-    inputs, _ = next(iter(_dataset(records, config)))
+    inputs, _ = next(iter(_dataset(records, source)))
     other = {"frames": inputs["frames"][::-1] * 0.5, "num_frames": inputs["num_frames"]}
     assert calibrate(qat, [inputs, other], steps=1) == 1
     assert is_calibrated(qat)

@@ -1,5 +1,5 @@
 """The official YouTube-8M training loss (the starter code's ``CrossEntropyLoss``), shared by distillation
-(distill/), evaluation and quantization-aware fine-tuning (export/qat.py)."""
+(distill/), evaluation and quantization-aware fine-tuning (export/qat/)."""
 
 from __future__ import annotations
 
