@@ -34,6 +34,7 @@ from vidistill.bench.system import physical_cores, system_info
 from vidistill.bench.timing import PeakRSS, latency_stats, time_once, timed_runs
 from vidistill.export.card import read_card
 from vidistill.export.sessions import GPU_PROVIDERS, PROVIDER_NAMES, ProviderUnavailable
+from vidistill.yt8m.errors import ConfigError
 
 DISPLAY = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
 
@@ -60,10 +61,10 @@ class BenchConfig:
 
     def validate(self) -> None:
         if not self.models:
-            raise ValueError("give at least one model")
+            raise ConfigError("give at least one model")
         self.providers = parse_providers(",".join(self.providers))
         if not self.batches or any(int(b) != b or b < 1 for b in self.batches):
-            raise ValueError(f"batch sizes must be positive integers, not {self.batches}")
+            raise ConfigError(f"batch sizes must be positive integers, not {self.batches}")
         self.batches = list(dict.fromkeys(self.batches))
         checks = [
             (self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}"),
@@ -76,7 +77,7 @@ class BenchConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         for path in self.models:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"no model {path}: give an ONNX file (its card beside it) or a SavedModel dir")
@@ -105,7 +106,7 @@ def resolve_model(path: str) -> Model:
     try:
         if os.path.isdir(path):
             if not _is_saved_model(path):
-                raise ValueError(f"{path} is a directory but no TF SavedModel (no saved_model.pb)")
+                raise ConfigError(f"{path} is a directory but no TF SavedModel (no saved_model.pb)")
             model.kind = "savedmodel"
             model.card = read_card(path + ".json")
         else:
@@ -132,7 +133,7 @@ def resolve_baseline(name: str | None, models: list[Model]) -> str:
         names = {model.label, model.path, os.path.abspath(model.path), stem}
         if name in names or os.path.normpath(name) in names:
             return model.label
-    raise ValueError(f"--baseline {name!r} is none of the models ({', '.join(m.label for m in models)})")
+    raise ConfigError(f"--baseline {name!r} is none of the models ({', '.join(m.label for m in models)})")
 
 
 def _unique_labels(models: list[Model]) -> None:
@@ -313,7 +314,7 @@ class Benchmark:
                 for x, want in zip(parity_inputs, expected):
                     got = _predictions(runner.run(x)).astype(np.float64)
                     if got.shape != want.shape:
-                        raise ValueError(f"predictions {list(got.shape)} but the reference gives {list(want.shape)}")
+                        raise ConfigError(f"predictions {list(got.shape)} but the reference gives {list(want.shape)}")
                     worst = max(worst, float(np.max(np.abs(got - want.astype(np.float64)))))
                 row["parity_max_abs"] = worst
                 tolerance = card.tolerance.against_reference()

@@ -15,6 +15,7 @@ import numpy as np
 
 from vidistill.yt8m.constants import FEATURE_SIZE
 from vidistill.yt8m.quantize import dequantize
+from vidistill.yt8m.errors import ConfigError
 
 DEFAULT_SETS = 4
 MAX_BYTES = 2 << 30  # all sets of one batch size together
@@ -26,7 +27,7 @@ def input_names(card) -> tuple[str, str]:
     counts = [t.name for t in card.inputs if t.dtype.startswith("int") and len(t.shape) == 1]
     if len(frames) != 1 or len(counts) != 1 or len(card.inputs) != 2:
         names = [f"{t.name} {t.dtype} {t.shape}" for t in card.inputs]
-        raise ValueError(f"model card inputs {names}: expected frames [B, T, F] float and num_frames [B] int")
+        raise ConfigError(f"model card inputs {names}: expected frames [B, T, F] float and num_frames [B] int")
     return frames[0], counts[0]
 
 
@@ -51,7 +52,7 @@ def make_input_sets(
 ) -> list[dict[str, np.ndarray]]:
     """`sets` distinct input dicts (fewer if they would exceed max_bytes); deterministic in (seed, batch, frames)."""
     if batch < 1 or frames < 1:
-        raise ValueError(f"batch ({batch}) and frames ({frames}) must be positive")
+        raise ConfigError(f"batch ({batch}) and frames ({frames}) must be positive")
     rng = np.random.default_rng([seed, batch, frames])
     out = []
     for _ in range(set_count(batch, frames, features, sets, max_bytes)):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
+from vidistill.yt8m.errors import ConfigError
 
 from vidistill.export.sessions import (
     EXECUTION_PROVIDERS,
@@ -36,7 +37,7 @@ def parse_providers(spec: str) -> list[str]:
         return names
     unknown = [p for p in names if p not in EXECUTION_PROVIDERS]
     if unknown or not names:
-        raise ValueError(
+        raise ConfigError(
             f"unknown provider {', '.join(map(repr, unknown)) or repr(spec)}: "
             f"choose from {', '.join(PROVIDER_NAMES)} (comma-separated), or auto"
         )
@@ -99,7 +100,7 @@ class OnnxRunner:
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
         for arg in self.session.get_inputs():
             if arg.name not in inputs:
-                raise ValueError(f"the model's input {arg.name!r} is not in the model card ({sorted(inputs)})")
+                raise ConfigError(f"the model's input {arg.name!r} is not in the model card ({sorted(inputs)})")
             shape = inputs[arg.name].shape
             for axis, (static, given) in enumerate(zip(arg.shape, shape)):
                 if isinstance(static, int) and static != given:
@@ -171,7 +172,7 @@ class SavedModelRunner:
         with tf.device(self.device):
             self._loaded = tf.saved_model.load(path)
         if "serving_default" not in self._loaded.signatures:
-            raise ValueError(f"{path} has no 'serving_default' signature ({sorted(self._loaded.signatures)})")
+            raise ConfigError(f"{path} has no 'serving_default' signature ({sorted(self._loaded.signatures)})")
         self._serve = self._loaded.signatures["serving_default"]
         intra = tf.config.threading.get_intra_op_parallelism_threads()
         inter = tf.config.threading.get_inter_op_parallelism_threads()
@@ -183,7 +184,7 @@ class SavedModelRunner:
         _, kwargs = self._serve.structured_input_signature
         missing = set(kwargs) - set(inputs)
         if missing:
-            raise ValueError(f"the signature's inputs {sorted(missing)} are not in the model card")
+            raise ConfigError(f"the signature's inputs {sorted(missing)} are not in the model card")
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = self._tf

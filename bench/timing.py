@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import psutil
+from vidistill.yt8m.errors import ConfigError
 
 PERCENTILES = (50, 90, 99)
 MIN_CAPPED_RUNS = 3
@@ -43,7 +44,7 @@ class LatencyStats:
 def latency_stats(seconds) -> LatencyStats:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     if ms.size == 0:
-        raise ValueError("no timed runs")
+        raise ConfigError("no timed runs")
     p50, p90, p99 = np.percentile(ms, PERCENTILES)
     std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
     return LatencyStats(
@@ -71,9 +72,9 @@ def timed_runs(
     """Seconds of each timed call of `run(i)`; i counts up from `start` over warm-up and timed runs (the caller
     rotates its input sets with i % sets)."""
     if runs is None and duration is None:
-        raise ValueError("give runs or duration")
+        raise ConfigError("give runs or duration")
     if runs is not None and runs < 1:
-        raise ValueError(f"runs must be at least 1, not {runs}")
+        raise ConfigError(f"runs must be at least 1, not {runs}")
     i = start
     for _ in range(warmup):
         run(i)

@@ -14,6 +14,7 @@ from vidistill.distill.modes import Mode
 from vidistill.students.student import StudentConfig
 from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields, read_mapping
 from vidistill.yt8m.files import atomic_write
+from vidistill.yt8m.errors import ConfigError
 
 MODES = tuple(mode.value for mode in Mode)
 
@@ -83,24 +84,24 @@ class TrainConfig:
 
             unknown = sorted(set(self.loss.extra) - set(LOSS_TERMS))
             if unknown:
-                raise ValueError(f"loss.extra names no registered loss term: {unknown}; registered: {sorted(LOSS_TERMS)}")
+                raise ConfigError(f"loss.extra names no registered loss term: {unknown}; registered: {sorted(LOSS_TERMS)}")
         if self.mode.has_teacher and self.teacher is None:
-            raise ValueError(f"mode '{self.mode}' needs a teacher (--teacher PRESET|CONFIG, or --teacher-run RUN)")
+            raise ConfigError(f"mode '{self.mode}' needs a teacher (--teacher PRESET|CONFIG, or --teacher-run RUN)")
         if self.mode.has_student and self.student is None:
-            raise ValueError(f"mode '{self.mode}' needs a student (--student PRESET|CONFIG or --frames K)")
+            raise ConfigError(f"mode '{self.mode}' needs a student (--student PRESET|CONFIG or --frames K)")
         if self.mode.restores_teacher and not self.teacher_run:
-            raise ValueError("mode 'serial' trains against a frozen, trained teacher: pass --teacher-run RUN")
+            raise ConfigError("mode 'serial' trains against a frozen, trained teacher: pass --teacher-run RUN")
         if not self.data.train:
-            raise ValueError("no training data: pass --data PATTERN (or data.train in the config file)")
+            raise ConfigError("no training data: pass --data PATTERN (or data.train in the config file)")
         if self.teacher and self.student and self.teacher.num_classes != self.student.model.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"teacher has {self.teacher.num_classes} classes but the student {self.student.model.num_classes}"
             )
         for name in ("steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.teacher and self.teacher.frames != self.data.max_frames:
-            raise ValueError(
+            raise ConfigError(
                 f"the teacher takes {self.teacher.frames} frames but data.max_frames is {self.data.max_frames}: "
                 "set them equal"
             )
@@ -138,4 +139,4 @@ def load_train_config(path_or_run: str) -> TrainConfig:
     try:
         return TrainConfig.from_dict(data.get("train", data))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None

@@ -21,6 +21,7 @@ from vidistill.distill.heads import HeadPolicy, classifier_head, head_policy
 from vidistill.distill.losses import LossWeights
 from vidistill.distill.modes import Mode
 from vidistill.distill.terms import LossInputs, LossTerm, terms_for, weighted_sum
+from vidistill.yt8m.errors import ConfigError
 
 __all__ = ["Distiller", "classifier_head"]
 
@@ -88,7 +89,7 @@ class Distiller(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         if all(g is None for g in gradients):  # at trace time: a step that would silently train nothing
-            raise ValueError(f"no trainable variable gets a gradient in mode '{self.mode}' with loss terms "
+            raise ConfigError(f"no trainable variable gets a gradient in mode '{self.mode}' with loss terms "
                              f"{list(self.terms)}: nothing would train; turn on a loss term that reaches the model")
         self.optimizer.apply_gradients((g, v) for g, v in zip(gradients, variables) if g is not None)
         self.head_policy.after_step()  # e.g. the student holds the teacher's updated head (checkpoints, evaluation)

@@ -11,6 +11,7 @@ import tensorflow as tf
 from vidistill.distill.losses import cross_entropy
 from vidistill.yt8m.metrics import VideoMetrics
 from vidistill.yt8m.readers import data_errors, read_frame_dataset
+from vidistill.yt8m.errors import ConfigError
 
 
 def _predictor(model):
@@ -75,7 +76,7 @@ def rated_segment_predictions(model, pattern: str, *, num_classes: int, max_fram
             labels.append(batch["labels"].numpy())
             weights.append(batch["label_weights"].numpy())
     if not ids:
-        raise ValueError(f"no rated segment in {pattern!r}: segment evaluation needs 2019-style segment-rated data")
+        raise ConfigError(f"no rated segment in {pattern!r}: segment evaluation needs 2019-style segment-rated data")
     return ids, np.concatenate(scores), np.concatenate(labels), np.concatenate(weights)
 
 

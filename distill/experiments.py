@@ -24,6 +24,7 @@ from vidistill.students.student import student_config, width_for_parameters
 from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig
 from vidistill.teachers.registry import build_model
 from vidistill.yt8m.files import atomic_write
+from vidistill.yt8m.errors import ConfigError
 
 POLICY_ROWS = {"uniform": "Uniform-k", "random": "Random-k", "first": "First-k", "middle": "Middle-k",
                "last": "Last-k", "fml": "First-Middle-Last-k"}  # fmt: skip
@@ -146,7 +147,7 @@ class Table1:
         c = self.config
         unknown = [name for name in (*c.losses, *c.serial_losses) if name not in LOSS_ROWS]
         if unknown:
-            raise ValueError(f"unknown loss row(s) {', '.join(unknown)}: choose from {', '.join(LOSS_ROWS)}")
+            raise ConfigError(f"unknown loss row(s) {', '.join(unknown)}: choose from {', '.join(LOSS_ROWS)}")
         parallel = [("parallel", name) for name in LOSS_ROWS if name in c.losses]
         return parallel + [("serial", name) for name in LOSS_ROWS if name in c.losses or name in c.serial_losses]
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from vidistill.distill.terms import LossTerm, ProbeCrossEntropy
+from vidistill.yt8m.errors import ConfigError
 
 __all__ = ["HEAD_POLICIES", "HeadPolicy", "OwnHead", "ProbeHead", "TeacherHead", "classifier_head", "head_policy"]
 
@@ -33,7 +34,7 @@ def classifier_head(model: keras.Model) -> keras.layers.Layer:
                 return classifier_head(layer)
             except ValueError:
                 pass
-    raise ValueError(f"model {model.name!r} has no classifier head (a layer named 'head')")
+    raise ConfigError(f"model {model.name!r} has no classifier head (a layer named 'head')")
 
 
 class HeadPolicy:
@@ -77,7 +78,7 @@ class TeacherHead(HeadPolicy):
         s_width = student.output["representation"].shape[-1]
         hint = "; use loss.head 'probe' (a head trained on the student's own representation) or 'own'"
         if t_width != s_width:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.head 'teacher' needs the student's representation to have the teacher's width, but it is "
                 f"{s_width} wide and the teacher's {t_width}{hint}"
             )
@@ -85,7 +86,7 @@ class TeacherHead(HeadPolicy):
         t_shapes = [tuple(v.shape) for v in t_vars]
         s_shapes = [tuple(v.shape) for v in s_vars]
         if t_shapes != s_shapes:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.head 'teacher' needs a student head of the teacher's shape (the same head config and "
                 f"classes), but the teacher's variables are {t_shapes} and the student's {s_shapes}{hint}"
             )
@@ -134,5 +135,5 @@ HEAD_POLICIES: dict[str, type[HeadPolicy]] = {"own": OwnHead, "teacher": Teacher
 def head_policy(name: str, teacher: keras.Model | None, student: keras.Model | None) -> HeadPolicy:
     """The policy named `name` ("own", "teacher" or "probe": LossWeights.resolved_head)."""
     if name not in HEAD_POLICIES:
-        raise ValueError(f"loss.head must be one of {', '.join(HEAD_POLICIES)}, got {name!r}")
+        raise ConfigError(f"loss.head must be one of {', '.join(HEAD_POLICIES)}, got {name!r}")
     return HEAD_POLICIES[name](teacher, student)

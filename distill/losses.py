@@ -25,6 +25,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like eve
 import tensorflow as tf  # noqa: E402
 
 from vidistill.yt8m.loss import cross_entropy  # noqa: E402 - the official loss, L_CE
+from vidistill.yt8m.errors import ConfigError
 
 __all__ = [
     "HEADS",
@@ -48,7 +49,7 @@ def _check_same_width(a: tf.Tensor, b: tf.Tensor, what: str, hint: str = "") -> 
     da = a.shape[-1] if a.shape.rank else None
     db = b.shape[-1] if b.shape.rank else None
     if da is not None and db is not None and da != db:
-        raise ValueError(f"{what}: last dimensions differ ({da} vs {db}){hint}")
+        raise ConfigError(f"{what}: last dimensions differ ({da} vs {db}){hint}")
 
 
 def representation_loss(teacher_repr, student_repr) -> tf.Tensor:
@@ -111,7 +112,7 @@ def prediction_binary(
     where a student probability lies outside [eps, 1 - eps].
     """
     if not temperature > 0:
-        raise ValueError(f"prediction_binary: temperature must be > 0, got {temperature!r}")
+        raise ConfigError(f"prediction_binary: temperature must be > 0, got {temperature!r}")
     pt = _f32(teacher_predictions)
     ps = _f32(student_predictions)
     _check_same_width(pt, ps, "prediction_binary(teacher_predictions, student_predictions)")
@@ -204,28 +205,28 @@ class LossWeights:
         for name in ("ce", "rep", "pred"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"LossWeights.{name} must be a number, got {value!r}")
+                raise ConfigError(f"LossWeights.{name} must be a number, got {value!r}")
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"LossWeights.{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"LossWeights.{name} must be a finite number >= 0, got {value!r}")
             setattr(self, name, float(value))
         if self.pred_kind not in PREDICTION_LOSSES:
-            raise ValueError(
+            raise ConfigError(
                 f"LossWeights.pred_kind must be one of {sorted(PREDICTION_LOSSES)}, got {self.pred_kind!r}"
             )
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise ValueError(f"LossWeights.temperature must be a finite number > 0, got {t!r}")
+            raise ConfigError(f"LossWeights.temperature must be a finite number > 0, got {t!r}")
         self.temperature = float(t)
         if not isinstance(self.extra, Mapping):
-            raise ValueError(f"LossWeights.extra must map loss term names to weights, got {self.extra!r}")
+            raise ConfigError(f"LossWeights.extra must map loss term names to weights, got {self.extra!r}")
         for name, value in self.extra.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"LossWeights.extra.{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"LossWeights.extra.{name} must be a finite number >= 0, got {value!r}")
         self.extra = {str(name): float(value) for name, value in self.extra.items()}
         if self.head not in HEADS:
-            raise ValueError(f"LossWeights.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+            raise ConfigError(f"LossWeights.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "probe" and self.ce > 0:
-            raise ValueError(
+            raise ConfigError(
                 "LossWeights.head 'probe' trains the student's head alone with L_CE on a stop-gradient of its "
                 f"representation, so it needs ce = 0 (got ce={self.ce}); use head 'own' to train the whole "
                 "student with L_CE"
@@ -246,7 +247,7 @@ class LossWeights:
         try:
             return cls(**_PRESETS[name])
         except KeyError:
-            raise ValueError(f"unknown LossWeights preset {name!r}; known: {sorted(_PRESETS)}") from None
+            raise ConfigError(f"unknown LossWeights preset {name!r}; known: {sorted(_PRESETS)}") from None
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LossWeights":
@@ -254,7 +255,7 @@ class LossWeights:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"LossWeights: unknown field(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"LossWeights: unknown field(s) {unknown}; known: {sorted(known)}")
         return cls(**dict(d))
 
     def student_loss(self, labels, teacher_out: Mapping, student_out: Mapping, label_weights=None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from vidistill.yt8m.errors import ConfigError
 
 
 class Mode(enum.StrEnum):
@@ -43,4 +44,4 @@ class Mode(enum.StrEnum):
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(f"{what} must be one of {', '.join(cls)}, got {value!r}") from None
+            raise ConfigError(f"{what} must be one of {', '.join(cls)}, got {value!r}") from None

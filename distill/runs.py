@@ -11,6 +11,7 @@ from vidistill.distill.config import load_train_config
 from vidistill.distill.trainer import build_models, restore_models
 from vidistill.students.convert import is_student_dir, load_student, save_student
 from vidistill.yt8m.constants import MAX_FRAMES
+from vidistill.yt8m.errors import ConfigError
 
 
 @dataclass
@@ -26,7 +27,7 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
     """`which`: "student", "teacher", or "auto" (the student when the run has one)."""
     if is_student_dir(path):
         if which == "teacher":
-            raise ValueError(f"{path} is a converted student: it holds no teacher")
+            raise ConfigError(f"{path} is a converted student: it holds no teacher")
         student = load_student(path)
         num_classes = student.output["predictions"].shape[-1]
         return LoadedModel(student, num_classes, MAX_FRAMES, f"converted student {path}", "student")
@@ -38,7 +39,7 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
     models = build_models(config, only=which)
     model = getattr(models, which)
     if model is None:
-        raise ValueError(f"{path} ({config.mode} run) has no {which}")
+        raise ConfigError(f"{path} ({config.mode} run) has no {which}")
     checkpoint = restore_models(models, path)
     return LoadedModel(model, config.num_classes, config.data.max_frames, f"{which} of {path} ({checkpoint})", which)
 
@@ -47,6 +48,6 @@ def convert_run(run_dir: str, out_dir: str) -> str:
     """Strips the teacher: the run's student (best checkpoint, else last) alone, as a student directory."""
     config = load_train_config(run_dir)
     if config.student is None or not config.mode.has_student:
-        raise ValueError(f"{run_dir} is a '{config.mode}' run without a student: nothing to convert")
+        raise ConfigError(f"{run_dir} is a '{config.mode}' run without a student: nothing to convert")
     loaded = load_model(run_dir, "student")
     return save_student(loaded.model, config.student, out_dir)

@@ -27,6 +27,7 @@ from vidistill.distill.losses import (
     representation_loss,
 )
 from vidistill.distill.modes import Mode
+from vidistill.yt8m.errors import ConfigError
 
 __all__ = [
     "LOSS_TERMS",
@@ -88,7 +89,7 @@ class LossTerm:
         """ValueError naming the term and the inputs it needs that `inputs` lacks."""
         missing = sorted(need for need in self.needs if inputs.get(need) is None)
         if missing:
-            raise ValueError(f"loss term {self.name!r} needs {', '.join(missing)}, which this run does not give it"
+            raise ConfigError(f"loss term {self.name!r} needs {', '.join(missing)}, which this run does not give it"
                              f"{self.hint}")  # fmt: skip
 
     def __repr__(self) -> str:
@@ -101,9 +102,9 @@ LOSS_TERMS: dict[str, type[LossTerm]] = {}
 def register_loss_term(cls: type[LossTerm]) -> type[LossTerm]:
     """Class decorator: makes a term available by its `name` in `loss.extra`."""
     if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
+        raise ConfigError(f"{cls.__name__} has no name")
     if cls.name in LOSS_TERMS and LOSS_TERMS[cls.name] is not cls:
-        raise ValueError(f"a loss term named {cls.name!r} is already registered ({LOSS_TERMS[cls.name].__name__})")
+        raise ConfigError(f"a loss term named {cls.name!r} is already registered ({LOSS_TERMS[cls.name].__name__})")
     LOSS_TERMS[cls.name] = cls
     return cls
 
@@ -181,7 +182,7 @@ def student_terms(weights: LossWeights) -> list[LossTerm]:
     ]
     for name, weight in weights.extra.items():
         if name not in LOSS_TERMS:
-            raise ValueError(f"loss.extra: no loss term named {name!r}; registered: {sorted(LOSS_TERMS)}")
+            raise ConfigError(f"loss.extra: no loss term named {name!r}; registered: {sorted(LOSS_TERMS)}")
         terms.append(LOSS_TERMS[name](weight))
     return terms
 

@@ -26,6 +26,7 @@ from vidistill.students.convert import load_student_weights
 from vidistill.students.student import RepresentationProjection, build_student
 from vidistill.teachers.registry import build_model
 from vidistill.yt8m.readers import list_files, read_frame_dataset
+from vidistill.yt8m.errors import ConfigError, UserError
 
 CHECKPOINTS = "checkpoints"
 BEST = os.path.join(CHECKPOINTS, "best")
@@ -63,7 +64,7 @@ def _precision(mixed: bool):
         keras.mixed_precision.set_global_policy(previous)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that cannot go on (a NaN loss, an incompatible checkpoint); the message says what to do."""
 
 
@@ -198,7 +199,7 @@ class Run:
     def __init__(self, config: TrainConfig, run_dir: str, *, resume: bool = False, strategy=None):
         config.validate()
         if config.student is not None and config.student.k > config.data.max_frames:
-            raise ValueError(
+            raise ConfigError(
                 f"the student asks for k={config.student.k} frames but the data gives at most "
                 f"max_frames={config.data.max_frames}: lower --frames"
             )

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from vidistill.yt8m.files import atomic_write
+from vidistill.yt8m.errors import ConfigError
 
 CARD_VERSION = 1
 
@@ -91,7 +92,7 @@ class ModelCard:
     def from_dict(cls, data: dict) -> ModelCard:
         data = dict(data)
         if data.get("card_version") != CARD_VERSION:
-            raise ValueError(f"model card version {data.get('card_version')!r} is not {CARD_VERSION}: re-export the model")
+            raise ConfigError(f"model card version {data.get('card_version')!r} is not {CARD_VERSION}: re-export the model")
         data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
         data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
         data["tolerance"] = Tolerance(**data["tolerance"])
@@ -101,7 +102,7 @@ class ModelCard:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"model card has unknown fields {sorted(unknown)}")
+            raise ConfigError(f"model card has unknown fields {sorted(unknown)}")
         return cls(**data)
 
 
@@ -126,8 +127,8 @@ def read_card(path: str) -> ModelCard:
         with open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"model card {path} is not valid JSON ({e})") from None
+        raise ConfigError(f"model card {path} is not valid JSON ({e})") from None
     try:
         return ModelCard.from_dict(data)
     except (TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"model card {path}: {e}") from None
+        raise ConfigError(f"model card {path}: {e}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vidistill.export.card import Tolerance
+from vidistill.yt8m.errors import ConfigError
 
 TF_PRECISIONS = ("tf-fp32", "tf-bf16")
 TARGETS = ("cpu", "cuda")
@@ -51,17 +52,17 @@ class ExportConfig:
             self.precisions = [p for p in PRECISIONS if data or p not in NEEDS_DATA]
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
-            raise ValueError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+            raise ConfigError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
         if self.target not in TARGETS:
-            raise ValueError(f"unknown --target {self.target!r}; choose one of {', '.join(TARGETS)}")
+            raise ConfigError(f"unknown --target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if "fp32" not in self.precisions:  # the reference every other ONNX variant is compared with in bench
             self.precisions = ["fp32", *self.precisions]
         self.precisions = [p for p in PRECISIONS if p in self.precisions]
         missing = [p for p in self.precisions if p in NEEDS_DATA and not data]
         if missing:
-            raise ValueError(f"{', '.join(missing)} need(s) training records: give --calibration-data")
+            raise ConfigError(f"{', '.join(missing)} need(s) training records: give --calibration-data")
         if data and self.eval_data and data == self.eval_data:
-            raise ValueError("--calibration-data must not be the held-out --eval-data (QAT trains on it): "
+            raise ConfigError("--calibration-data must not be the held-out --eval-data (QAT trains on it): "
                              "give training records")
 
 

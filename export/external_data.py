@@ -21,6 +21,7 @@ from onnx import TensorProto
 from onnx.external_data_helper import uses_external_data
 
 from vidistill.yt8m.files import atomic_write
+from vidistill.yt8m.errors import ConfigError
 
 FLOAT_SCALE = 0.05  # random float weights are uniform in [-FLOAT_SCALE, FLOAT_SCALE]
 MIN_EXTERNAL_BYTES = 1024  # smaller tensors (shapes, scalars) stay inside the graph, with their real values
@@ -123,7 +124,7 @@ def fill_weights(path: str, seed: int = 0) -> dict:
         info = {entry.key: entry.value for entry in tensor.external_data}
         layout.setdefault(info["location"], []).append((int(info.get("offset", 0)), info.get("length"), tensor))
     if not layout:
-        raise ValueError(f"{path} has no external tensors: its weights are inside it, there is nothing to fill")
+        raise ConfigError(f"{path} has no external tensors: its weights are inside it, there is nothing to fill")
     written = tensors = 0
     for location, entries in layout.items():
         with atomic_write(os.path.join(folder, location), "wb") as f:
@@ -131,7 +132,7 @@ def fill_weights(path: str, seed: int = 0) -> dict:
                 data = random_values(tensor.name, list(tensor.dims), tensor.data_type, seed,
                                      positive=tensor.name in positive)  # fmt: skip
                 if length is not None and int(length) != len(data):
-                    raise ValueError(f"{path}: tensor {tensor.name} should take {length} bytes, not {len(data)}")
+                    raise ConfigError(f"{path}: tensor {tensor.name} should take {length} bytes, not {len(data)}")
                 f.seek(offset)
                 f.write(data)
                 written += len(data)

@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vidistill.export.errors import ExportError
+from vidistill.yt8m.errors import ConfigError
 
 LOW = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 
@@ -79,7 +80,7 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
 def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -> onnx.ModelProto:
     """The graph pass (see the module docstring): returns a new model; float32 inputs and outputs."""
     if precision not in LOW:
-        raise ValueError(f"unknown low precision {precision!r}; choose one of {', '.join(LOW)}")
+        raise ConfigError(f"unknown low precision {precision!r}; choose one of {', '.join(LOW)}")
     low = LOW[precision]
     model = onnx.ModelProto.FromString(model.SerializeToString())
     types = _float_types(model)
@@ -166,7 +167,7 @@ def lower_precision_for(
     import onnxruntime as ort
 
     if (precision, provider) not in BLOCKED:
-        raise ValueError(f"no {precision} rules for provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+        raise ConfigError(f"no {precision} rules for provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     rule = BLOCKED[(precision, provider)]
     blocked = set(rule) if rule is not None else {n.op_type for n in model.graph.node} - DATA_MOVEMENT
     present = provider == "cpu" or (available is not None and PROVIDERS[provider] in available)

@@ -21,6 +21,7 @@ from vidistill.export.sessions import create_session
 from vidistill.students.selection_numpy import select_frames
 from vidistill.yt8m.constants import FEATURE_SIZE, MAX_FRAMES
 from vidistill.yt8m.quantize import dequantize
+from vidistill.yt8m.errors import ConfigError
 
 def frames_to_read(model) -> int:
     """Frames to read per video for `model` (a ModelCard or an ExportSource: anything with `selection` and
@@ -35,7 +36,7 @@ def prepare_inputs(card, frames: np.ndarray, num_frames) -> dict[str, np.ndarray
     frames, or a teacher's frames padded / cut to its length."""
     frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[-1] != FEATURE_SIZE:
-        raise ValueError(f"frames must be [batch, time, {FEATURE_SIZE}], got shape {frames.shape}")
+        raise ConfigError(f"frames must be [batch, time, {FEATURE_SIZE}], got shape {frames.shape}")
     if frames.dtype == np.uint8:
         frames = dequantize(frames)
     frames = frames.astype(np.float32, copy=False)
@@ -99,7 +100,7 @@ class Predictor:
             for i, video in enumerate(chunk):
                 video = np.asarray(video)
                 if video.ndim != 2 or video.shape[1] != FEATURE_SIZE:
-                    raise ValueError(f"video {start + i}: expected [frames, {FEATURE_SIZE}], got {video.shape}")
+                    raise ConfigError(f"video {start + i}: expected [frames, {FEATURE_SIZE}], got {video.shape}")
                 frames[i, : len(video)] = video
             lengths = np.array([len(v) for v in chunk], np.int32)
             outputs.append(self.predict(frames, lengths)["predictions"])

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
+from vidistill.yt8m.errors import ConfigError
 
 
 def _quiet() -> None:
@@ -91,5 +92,5 @@ def quantize_static(model: onnx.ModelProto, calibration: Iterable[dict[str, np.n
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.999},
             )  # fmt: skip
         if reader.count == 0:
-            raise ValueError("int8-static: the calibration data gave no batch")
+            raise ConfigError("int8-static: the calibration data gave no batch")
         return onnx.load(target), reader.count

@@ -16,6 +16,7 @@ from vidistill.export.errors import ExportError
 from vidistill.yt8m.constants import FEATURE_SIZE
 
 from vidistill.export.config import TF_PRECISIONS
+from vidistill.yt8m.errors import ConfigError
 _MIN_BF16_ELEMENTS = 64  # small constants (shapes, scalars, biases of tiny layers) stay float32
 
 
@@ -67,7 +68,7 @@ def _bf16_graph(serve) -> tf.compat.v1.GraphDef:
 def save_saved_model(network, frames: int, path: str, precision: str) -> str:
     """Writes `path` (a directory; built beside it, then renamed)."""
     if precision not in TF_PRECISIONS:
-        raise ValueError(f"unknown TF precision {precision!r}; choose one of {', '.join(TF_PRECISIONS)}")
+        raise ConfigError(f"unknown TF precision {precision!r}; choose one of {', '.join(TF_PRECISIONS)}")
     serve = _serve_function(network, frames)
     module = tf.Module()
     if precision == "tf-fp32":

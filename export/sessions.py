@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import onnxruntime as ort
+from vidistill.yt8m.errors import ConfigError, UserError
 
 EXECUTION_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -27,7 +28,7 @@ GPU_PROVIDERS = ("cuda", "tensorrt")
 LOG_ERRORS_ONLY = 3
 
 
-class ProviderUnavailable(RuntimeError):
+class ProviderUnavailable(UserError, RuntimeError):
     """The provider asked for did not load (no GPU, missing CUDA / TensorRT libraries)."""
 
 
@@ -61,7 +62,7 @@ def available_providers() -> list[str]:
 def check_provider(provider: str) -> str:
     """The provider name, or ValueError naming the valid ones."""
     if provider not in EXECUTION_PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}: choose from {', '.join(PROVIDER_NAMES)}")
+        raise ConfigError(f"unknown provider {provider!r}: choose from {', '.join(PROVIDER_NAMES)}")
     return provider
 
 

@@ -18,6 +18,7 @@ from vidistill.export.card import TensorSpec
 from vidistill.students.student import StudentConfig
 from vidistill.teachers.config import ModelConfig, config_to_dict
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
+from vidistill.yt8m.errors import ConfigError
 
 
 @dataclass
@@ -72,7 +73,7 @@ def backbone_of(student: keras.Model) -> keras.Model:
     """The backbone inside a student model (students.student.build_student)."""
     inner = [layer for layer in student.layers if isinstance(layer, keras.Model)]
     if len(inner) != 1:
-        raise ValueError(f"{student.name} is not a student model (expected one backbone inside, found {len(inner)})")
+        raise ConfigError(f"{student.name} is not a student model (expected one backbone inside, found {len(inner)})")
     return inner[0]
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from vidistill.students.student import StudentConfig, build_student
 from vidistill.yt8m.constants import FEATURE_SIZE
+from vidistill.yt8m.errors import ConfigError
 
 CONFIG = "student.yaml"
 WEIGHTS = "weights"
@@ -70,7 +71,7 @@ def load_student_weights(student: keras.Model, student_dir: str) -> None:
     try:
         status.assert_existing_objects_matched()
     except AssertionError as e:
-        raise ValueError(f"{student_dir}: its weights do not fit this student configuration ({e})") from None
+        raise ConfigError(f"{student_dir}: its weights do not fit this student configuration ({e})") from None
 
 
 def load_student(student_dir: str) -> keras.Model:

@@ -4,6 +4,7 @@ twin (students/selection_numpy.py). No TensorFlow: the Predictor imports it."""
 from __future__ import annotations
 
 import numpy as np
+from vidistill.yt8m.errors import ConfigError
 
 POLICIES = ("uniform", "random", "first", "middle", "last", "fml")
 
@@ -13,11 +14,11 @@ def validate(k, policy) -> tuple[int, str]:
     if isinstance(k, np.integer):
         k = int(k)
     if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be a Python int >= 1 (the number of frames to select), got k={k!r}")
+        raise ConfigError(f"k must be a Python int >= 1 (the number of frames to select), got k={k!r}")
     if k < 1:
-        raise ValueError(f"k must be >= 1 (the number of frames to select), got k={k}")
+        raise ConfigError(f"k must be >= 1 (the number of frames to select), got k={k}")
     if policy not in POLICIES:
-        raise ValueError(f"unknown frame-selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        raise ConfigError(f"unknown frame-selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
     return k, policy
 
 

@@ -55,6 +55,7 @@ import tf_keras as keras  # students/__init__.py has set TF_USE_LEGACY_KERAS=1 b
 
 from vidistill.students.policies import POLICIES, fml_block_sizes
 from vidistill.students.policies import validate as _validate
+from vidistill.yt8m.errors import ConfigError
 
 __all__ = [
     "POLICIES",
@@ -206,7 +207,7 @@ def select_frames(frames, num_frames, k: int, policy: str, *, training=False, se
     k, policy = _validate(k, policy)
     frames = tf.convert_to_tensor(frames)
     if frames.shape.rank is not None and frames.shape.rank != 3:
-        raise ValueError(f"frames must be [batch, time, features], got shape {frames.shape}")
+        raise ConfigError(f"frames must be [batch, time, features], got shape {frames.shape}")
     n = tf.reshape(tf.cast(num_frames, tf.int32), [-1])
     static_t = frames.shape[1]
     t = static_t if static_t is not None else tf.shape(frames)[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from vidistill.students.policies import POLICIES, fml_block_sizes
+from vidistill.yt8m.errors import ConfigError
 
 _M32 = np.uint64(0xFFFFFFFF)
 
@@ -48,9 +49,9 @@ def _random_indices(n: np.ndarray, k: int, seed: int | None) -> np.ndarray:
 def selection_indices(num_frames, k: int, policy: str, *, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`(indices [B, k] int32, counts [B] int32)` exactly as the TF op at inference (see students/selection.py)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1 (the number of frames to select), got k={k!r}")
+        raise ConfigError(f"k must be an int >= 1 (the number of frames to select), got k={k!r}")
     if policy not in POLICIES:
-        raise ValueError(f"unknown frame-selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        raise ConfigError(f"unknown frame-selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
     k = int(k)
     n = np.maximum(np.asarray(num_frames, np.int64).reshape(-1), 0)
     counts = np.minimum(n, k)
@@ -81,7 +82,7 @@ def select_frames(frames: np.ndarray, num_frames, k: int, policy: str, *, seed: 
     """frames [B, T, D] -> (selected [B, k, D], counts [B]); num_frames clipped to [0, T]; rows past the count 0."""
     frames = np.asarray(frames)
     if frames.ndim != 3:
-        raise ValueError(f"frames must be [batch, time, features], got shape {frames.shape}")
+        raise ConfigError(f"frames must be [batch, time, features], got shape {frames.shape}")
     n = np.clip(np.asarray(num_frames).reshape(-1), 0, frames.shape[1])
     idx, counts = selection_indices(n, k, policy, seed=seed)
     if frames.shape[1] == 0:

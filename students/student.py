@@ -19,6 +19,7 @@ import tf_keras as keras
 from vidistill.students.selection import POLICIES, FrameSelector
 from vidistill.teachers.config import HLSTMConfig, ModelConfig, config_from_dict, config_to_dict, narrow
 from vidistill.teachers.registry import build_model
+from vidistill.yt8m.errors import ConfigError
 
 
 @dataclass
@@ -33,7 +34,7 @@ class StudentConfig:
         if isinstance(self.model, dict):
             self.model = config_from_dict(self.model)
         if self.policy not in POLICIES:
-            raise ValueError(f"unknown frame-selection policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+            raise ConfigError(f"unknown frame-selection policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
 
     @property
     def k(self) -> int:
@@ -65,7 +66,7 @@ def student_config(
 ) -> StudentConfig:
     """The student of `base` (usually the teacher's config): the same family at k frames, widths times `width`."""
     if k < 1:
-        raise ValueError(f"a student needs k >= 1 frames, got {k}")
+        raise ConfigError(f"a student needs k >= 1 frames, got {k}")
     model = narrow(base, width) if width != 1.0 else base
     changes: dict = {"frames": k}
     if num_classes is not None:

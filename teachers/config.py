@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from vidistill.yt8m.constants import MAX_FRAMES, NUM_CLASSES
+from vidistill.yt8m.errors import ConfigError
 
 
 @dataclass
@@ -29,9 +30,9 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("moe", "logistic"):
-            raise ValueError(f"head kind must be 'moe' or 'logistic', got {self.kind!r}")
+            raise ConfigError(f"head kind must be 'moe' or 'logistic', got {self.kind!r}")
         if self.mixtures < 1:
-            raise ValueError(f"head mixtures must be >= 1, got {self.mixtures}")
+            raise ConfigError(f"head mixtures must be >= 1, got {self.mixtures}")
 
 
 @dataclass
@@ -49,10 +50,10 @@ class ModelConfig:
         if isinstance(self.head, dict):
             self.head = from_fields(HeadConfig, self.head, f"{self.family}.head")
         if self.num_classes < 1 or self.frames < 1:
-            raise ValueError(f"{self.family}: num_classes and frames must be >= 1")
+            raise ConfigError(f"{self.family}: num_classes and frames must be >= 1")
         for name in self.WIDTH_FIELDS:
             if getattr(self, name) < 1:
-                raise ValueError(f"{self.family}: {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{self.family}: {name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -72,7 +73,7 @@ class HLSTMConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.chunks <= self.frames:
-            raise ValueError(f"hlstm: chunks must be in [1, frames={self.frames}], got {self.chunks}")
+            raise ConfigError(f"hlstm: chunks must be in [1, frames={self.frames}], got {self.chunks}")
 
     @property
     def chunk_frames(self) -> int:
@@ -94,7 +95,7 @@ class RNNConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.cell not in ("lstm", "gru"):
-            raise ValueError(f"rnn: cell must be 'lstm' or 'gru', got {self.cell!r}")
+            raise ConfigError(f"rnn: cell must be 'lstm' or 'gru', got {self.cell!r}")
 
 
 @dataclass
@@ -114,9 +115,9 @@ class NetVLADConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pooling not in ("netvlad", "netrvlad", "softdbof"):
-            raise ValueError(f"netvlad: pooling must be netvlad, netrvlad or softdbof, got {self.pooling!r}")
+            raise ConfigError(f"netvlad: pooling must be netvlad, netrvlad or softdbof, got {self.pooling!r}")
         if self.clusters < 2:
-            raise ValueError(f"netvlad: clusters must be >= 2 (audio gets clusters // 2), got {self.clusters}")
+            raise ConfigError(f"netvlad: clusters must be >= 2 (audio gets clusters // 2), got {self.clusters}")
 
 
 @dataclass
@@ -138,9 +139,9 @@ class NeXtVLADConfig(ModelConfig):
         for stream, size in (("rgb", 1024), ("audio", 128)):
             groups = self.groups if stream == "rgb" else max(1, self.groups // 2)
             if (self.expansion * size) % groups:
-                raise ValueError(f"nextvlad: expansion * {size} must divide into {groups} groups ({stream})")
+                raise ConfigError(f"nextvlad: expansion * {size} must divide into {groups} groups ({stream})")
         if self.clusters < 2 or self.hidden < self.se_reduction:
-            raise ValueError("nextvlad: clusters must be >= 2 and hidden >= se_reduction")
+            raise ConfigError("nextvlad: clusters must be >= 2 and hidden >= se_reduction")
 
 
 CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
@@ -179,11 +180,11 @@ def from_fields(cls, data: dict, what: str):
     has the wrong type (a float where an integer belongs, a word where a number belongs). A number written as a
     string ("1e-3", which YAML reads as a string) is taken for a float option."""
     if not isinstance(data, dict):
-        raise ValueError(f"{what}: expected a mapping of options, got {data!r}")
+        raise ConfigError(f"{what}: expected a mapping of options, got {data!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{what}: unknown option(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"{what}: unknown option(s) {unknown}; known: {sorted(known)}")
     hints = typing.get_type_hints(cls)
     data = dict(data)
     for name, value in data.items():
@@ -195,7 +196,7 @@ def from_fields(cls, data: dict, what: str):
                 pass
         expected = _expected(value, hint)
         if expected is not None:
-            raise ValueError(f"{what}.{name} must be {expected}, got {value!r}")
+            raise ConfigError(f"{what}.{name} must be {expected}, got {value!r}")
     return cls(**data)
 
 
@@ -203,7 +204,7 @@ def config_from_dict(data: dict) -> ModelConfig:
     data = dict(data)
     family = data.pop("family", None)
     if family not in CONFIG_CLASSES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(CONFIG_CLASSES)}")
+        raise ConfigError(f"unknown model family {family!r}; choose one of {sorted(CONFIG_CLASSES)}")
     return from_fields(CONFIG_CLASSES[family], data, family)
 
 
@@ -230,13 +231,13 @@ def read_mapping(path: str) -> dict:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            raise ValueError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+            raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
     return data
 
 
@@ -245,12 +246,12 @@ def load_config(path: str) -> ModelConfig:
     try:
         return config_from_dict(data.get("model", data))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def narrow(config: ModelConfig, factor: float) -> ModelConfig:
     """The same family with every width field scaled by `factor` (rounded, at least 2)."""
     if factor <= 0:
-        raise ValueError(f"width factor must be > 0, got {factor}")
+        raise ConfigError(f"width factor must be > 0, got {factor}")
     scaled = {name: max(2, round(getattr(config, name) * factor)) for name in config.WIDTH_FIELDS}
     return dataclasses.replace(config, **scaled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from vidistill.teachers.config import HeadConfig, HLSTMConfig, ModelConfig, NetVLADConfig, NeXtVLADConfig, RNNConfig, load_config
+from vidistill.yt8m.errors import ConfigError
 
 PRESETS: dict[str, ModelConfig] = {
     # reference sizes (models.md / paper.md): parameter counts asserted in tests
@@ -37,4 +38,4 @@ def resolve(name_or_path: str) -> ModelConfig:
         return PRESETS[name_or_path]
     if os.path.exists(name_or_path):
         return load_config(name_or_path)
-    raise ValueError(f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")

@@ -13,6 +13,7 @@ import tf_keras as keras
 
 from vidistill.teachers.config import ModelConfig
 from vidistill.yt8m.constants import FEATURE_SIZE
+from vidistill.yt8m.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def _family(config: ModelConfig) -> Family:
     import vidistill.teachers.families  # noqa: F401  (registers every family)
 
     if config.family not in FAMILIES:
-        raise ValueError(f"no builder registered for family {config.family!r}; known: {sorted(FAMILIES)}")
+        raise ConfigError(f"no builder registered for family {config.family!r}; known: {sorted(FAMILIES)}")
     return FAMILIES[config.family]
 
 

@@ -37,6 +37,7 @@ from vidistill.teachers.config import NetVLADConfig, NeXtVLADConfig
 from vidistill.teachers.heads import BN, ContextGating, head_flops
 from vidistill.teachers.registry import register
 from vidistill.yt8m.constants import AUDIO_SIZE, RGB_SIZE
+from vidistill.yt8m.errors import ConfigError
 
 
 def _frame_bn(name: str) -> keras.layers.BatchNormalization:
@@ -61,7 +62,7 @@ class FrameMask(keras.layers.Layer):
     def __init__(self, sample_frames: int = 0, **kwargs):
         super().__init__(**kwargs)
         if sample_frames < 0:
-            raise ValueError(f"sample_frames must be >= 0, got {sample_frames}")
+            raise ConfigError(f"sample_frames must be >= 0, got {sample_frames}")
         self.sample_frames = sample_frames
 
     def call(self, frames, num_frames):
@@ -96,7 +97,7 @@ class NetVLADPooling(keras.layers.Layer):
     def __init__(self, clusters: int, pooling: str = "netvlad", input_batch_norm: bool = True, **kwargs):
         super().__init__(**kwargs)
         if pooling not in self.POOLINGS:
-            raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
+            raise ConfigError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
         self.clusters, self.pooling, self.input_batch_norm = clusters, pooling, input_batch_norm
 
     def build(self, input_shape):
@@ -182,7 +183,7 @@ class NeXtVLADPooling(keras.layers.Layer):
         size = int(input_shape[-1])
         self.expanded = self.expansion * size
         if self.expanded % self.groups:
-            raise ValueError(f"expansion * {size} = {self.expanded} must divide into {self.groups} groups")
+            raise ConfigError(f"expansion * {size} = {self.expanded} must divide into {self.groups} groups")
         self.group_size = self.expanded // self.groups
         self.expand = keras.layers.Dense(self.expanded, name="expand")
         self.attention = keras.layers.Dense(self.groups, name="group_attention")

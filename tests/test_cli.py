@@ -319,3 +319,20 @@ def test_baseline_on_a_truncated_file_fails_or_skips_with_a_count(data, tmp_path
     assert code == 0 and out.exists()
     assert "fit on 19 videos" in stdout and "skipped 1 bad record(s)" in stdout
     assert f"skipping {broken}: corrupt or truncated" in err
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    """Every error a user can fix is a UserError (exit 2, one line); any other exception, even a ValueError, is a
+    bug in vidistill and propagates with its traceback instead of hiding behind a one-line message."""
+    from vidistill.commands import models
+    from vidistill.yt8m.errors import ConfigError, DataError, UserError
+    from vidistill.export.errors import ExportError
+
+    assert all(issubclass(e, UserError) and issubclass(e, ValueError) for e in (ConfigError, DataError, ExportError))
+    monkeypatch.setattr(models, "run", lambda args: (_ for _ in ()).throw(ConfigError("--preset: no such preset")))
+    code, _, err = _run(capsys, "models")
+    assert code == 2
+    _assert_one_line_error(err, "models", "--preset: no such preset")
+    monkeypatch.setattr(models, "run", lambda args: (_ for _ in ()).throw(ValueError("an internal mistake")))
+    with pytest.raises(ValueError, match="an internal mistake"):
+        main(["models"])

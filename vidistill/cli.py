@@ -44,21 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _training_errors() -> tuple[type[Exception], ...]:
-    """distill.trainer.TrainingError (a NaN loss, a resume with another config) when a command imported it; looked up
-    only when an exception propagates, so that the command line does not import TensorFlow."""
-    trainer = sys.modules.get("vidistill.distill.trainer")
-    return (trainer.TrainingError,) if trainer is not None else ()
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
     args = build_parser().parse_args(argv)
-    from vidistill.yt8m.errors import DataError
+    from vidistill.yt8m.errors import UserError
 
     try:
         return int(args.handler_(args) or 0)
-    except (DataError, ValueError, FileExistsError, FileNotFoundError, *_training_errors()) as e:
+    except (UserError, FileExistsError, FileNotFoundError) as e:  # anything else is a bug: its traceback shows
         print(f"vidistill {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

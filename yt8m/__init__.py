@@ -9,7 +9,7 @@ from vidistill.yt8m.constants import (
     SEGMENT_FRAMES,
     TOP_K,
 )
-from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.errors import ConfigError, DataError, UserError
 from vidistill.yt8m.quantize import dequantize, quantize
 
 __all__ = [
@@ -20,7 +20,9 @@ __all__ = [
     "RGB_SIZE",
     "SEGMENT_FRAMES",
     "TOP_K",
+    "ConfigError",
     "DataError",
+    "UserError",
     "dequantize",
     "quantize",
 ]

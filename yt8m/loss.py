@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like every package __init__
 
 import tensorflow as tf  # noqa: E402
+from vidistill.yt8m.errors import ConfigError
 
 
 def _f32(x) -> tf.Tensor:
@@ -27,7 +28,7 @@ def cross_entropy(labels, predictions, label_weights=None, epsilon: float = 1e-5
     width_y = y.shape[-1] if y.shape.rank else None
     width_p = p.shape[-1] if p.shape.rank else None
     if width_y is not None and width_p is not None and width_y != width_p:
-        raise ValueError(f"cross_entropy(labels, predictions): last dimensions differ ({width_y} vs {width_p})")
+        raise ConfigError(f"cross_entropy(labels, predictions): last dimensions differ ({width_y} vs {width_p})")
     per_class = -(y * tf.math.log(p + epsilon) + (1.0 - y) * tf.math.log(1.0 - p + epsilon))
     if label_weights is not None:
         per_class = per_class * _f32(label_weights)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from vidistill.yt8m.constants import TOP_K
+from vidistill.yt8m.errors import ConfigError
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -24,7 +25,7 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
         scores = scores.astype(np.float64)  # negating unsigned ints would wrap around
     n, c = scores.shape
     if np.isnan(scores).any():
-        raise ValueError("scores contain NaN; they cannot be ranked")
+        raise ConfigError("scores contain NaN; they cannot be ranked")
     k = min(k, c)
     if k <= 0 or n == 0:
         return np.zeros((n, max(k, 0)), dtype=np.int64)
@@ -51,9 +52,9 @@ class VideoMetrics:
 
     def __init__(self, num_classes: int, top_k: int = TOP_K) -> None:
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
         self.num_classes = int(num_classes)
         self.top_k = min(int(top_k), self.num_classes)
         self.num_videos = 0
@@ -70,14 +71,14 @@ class VideoMetrics:
         predictions = np.asarray(predictions)
         labels = np.asarray(labels)
         if predictions.ndim != 2 or labels.ndim != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"predictions and labels must be 2-D [videos, classes], got shapes {predictions.shape} "
                 f"and {labels.shape}"
             )
         if predictions.shape != labels.shape:
-            raise ValueError(f"predictions shape {predictions.shape} != labels shape {labels.shape}")
+            raise ConfigError(f"predictions shape {predictions.shape} != labels shape {labels.shape}")
         if predictions.shape[1] != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"expected {self.num_classes} classes (second dimension), got shape {predictions.shape}"
             )
         scores = predictions.astype(np.float64)  # exact for float16/32; entries are stored in float64
@@ -136,7 +137,7 @@ class VideoMetrics:
 def _one_pass(predictions: np.ndarray, labels: np.ndarray, top_k: int = TOP_K) -> dict:
     predictions = np.asarray(predictions)
     if predictions.ndim != 2:
-        raise ValueError(f"predictions must be 2-D [videos, classes], got shape {predictions.shape}")
+        raise ConfigError(f"predictions must be 2-D [videos, classes], got shape {predictions.shape}")
     metrics = VideoMetrics(predictions.shape[1], top_k)
     metrics.accumulate(predictions, labels)
     return metrics.result()

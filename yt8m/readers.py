@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE, SEGMENT_FRAMES
-from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.errors import ConfigError, DataError
 from vidistill.yt8m.quantize import dequantize
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
@@ -374,7 +374,7 @@ def read_frame_dataset(
     repeats forever. Bad records raise (naming file and record) unless `bad_records` is given.
     """
     if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
     reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
     parse = functools.partial(
         _parse_frame_record,

@@ -16,6 +16,7 @@ import numpy as np
 
 from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
 from vidistill.yt8m.quantize import quantize
+from vidistill.yt8m.errors import ConfigError
 
 
 @dataclass
@@ -48,13 +49,13 @@ def _as_video(video: Video | Mapping) -> Video:
 def _check_frames(video: Video) -> None:
     rgb, audio = np.asarray(video.rgb), np.asarray(video.audio)
     if rgb.ndim != 2 or rgb.shape[1] != RGB_SIZE:
-        raise ValueError(f"video {video.id!r}: rgb must be [frames, {RGB_SIZE}], got {list(rgb.shape)}")
+        raise ConfigError(f"video {video.id!r}: rgb must be [frames, {RGB_SIZE}], got {list(rgb.shape)}")
     if audio.ndim != 2 or audio.shape[1] != AUDIO_SIZE:
-        raise ValueError(f"video {video.id!r}: audio must be [frames, {AUDIO_SIZE}], got {list(audio.shape)}")
+        raise ConfigError(f"video {video.id!r}: audio must be [frames, {AUDIO_SIZE}], got {list(audio.shape)}")
     if len(rgb) != len(audio):
-        raise ValueError(f"video {video.id!r}: {len(rgb)} rgb frames but {len(audio)} audio frames")
+        raise ConfigError(f"video {video.id!r}: {len(rgb)} rgb frames but {len(audio)} audio frames")
     if len(rgb) == 0:
-        raise ValueError(f"video {video.id!r}: no frames")
+        raise ConfigError(f"video {video.id!r}: no frames")
 
 
 def frame_example(video: Video | Mapping, *, quantized: bool = False):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from vidistill.yt8m.constants import SEGMENT_TOP_K
+from vidistill.yt8m.errors import ConfigError
 
 
 def _check_id(segment_id: object, where: str) -> None:
@@ -61,7 +62,7 @@ def segment_map(
     ground_truth: class id -> {"vid:start": score}; submission: class id -> ids in descending confidence.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ConfigError(f"k must be >= 1, got {k}")
     aps: list[float] = []
     skipped = 0
     for cls, ids in submission.items():

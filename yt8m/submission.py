@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from vidistill.yt8m.constants import NUM_CLASSES, SEGMENT_TOP_K, TOP_K
-from vidistill.yt8m.errors import DataError
+from vidistill.yt8m.errors import ConfigError, DataError
 from vidistill.yt8m.files import atomic_write
 from vidistill.yt8m.metrics import top_indices
 
@@ -32,7 +32,7 @@ def _atomic_write(path: str | os.PathLike, lines: Iterable[str]) -> None:
 def _clean_id(raw: str | bytes, what: str) -> str:
     text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     if not text or "," in text or any(ch.isspace() for ch in text):
-        raise ValueError(f"{what} {text!r} must be non-empty without commas or whitespace")
+        raise ConfigError(f"{what} {text!r} must be non-empty without commas or whitespace")
     return text
 
 
@@ -58,7 +58,7 @@ def write_video_predictions(
     """Write each video's top_k (label, score) pairs, descending score, as the official inference does."""
     predictions = np.asarray(predictions)
     if predictions.ndim != 2 or predictions.shape[0] != len(ids):
-        raise ValueError(f"predictions must be [len(ids)={len(ids)}, classes], got shape {predictions.shape}")
+        raise ConfigError(f"predictions must be [len(ids)={len(ids)}, classes], got shape {predictions.shape}")
     top = top_indices(predictions, top_k)
     scores = np.take_along_axis(predictions, top, axis=1).astype(np.float64)
 
@@ -125,17 +125,17 @@ def write_segment_predictions(
     """Write one line per class (all 0..C-1, or `classes`): its top_k segment ids by descending score."""
     predictions = np.asarray(predictions)
     if predictions.ndim != 2 or predictions.shape[0] != len(segment_ids):
-        raise ValueError(
+        raise ConfigError(
             f"predictions must be [len(segment_ids)={len(segment_ids)}, classes], got shape {predictions.shape}"
         )
     names = [_clean_id(s, "segment id") for s in segment_ids]
     if len(set(names)) != len(names):
-        raise ValueError("segment_ids contain duplicates")
+        raise ConfigError("segment_ids contain duplicates")
     num_classes = predictions.shape[1]
     chosen = list(range(num_classes)) if classes is None else [int(c) for c in classes]
     for cls in chosen:
         if not 0 <= cls < num_classes:
-            raise ValueError(f"class {cls} out of range [0, {num_classes})")
+            raise ConfigError(f"class {cls} out of range [0, {num_classes})")
 
     def lines() -> Iterator[str]:
         yield SEGMENT_HEADER

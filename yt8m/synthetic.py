@@ -29,6 +29,7 @@ import numpy as np
 
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, MAX_FRAMES, RGB_SIZE, SEGMENT_FRAMES
 from vidistill.yt8m.quantize import quantize
+from vidistill.yt8m.errors import ConfigError
 
 SPLITS = ("train", "validate")
 _MIN_CONTENT = 30
@@ -73,7 +74,7 @@ class SynthConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(
+                raise ConfigError(
                     f"synthetic data option {name}={getattr(self, name)!r} is out of range "
                     f"(videos >= 1, classes >= 2, shards >= 1, {_MIN_CONTENT} <= min_frames <= max_frames "
                     f"<= {MAX_FRAMES}, 1 <= max_labels <= classes, fractions in [0, 1])"

@@ -13,6 +13,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from vidistill.export.qat.quantizers import InputQuantizedDense, SymmetricQuantizer
+from vidistill.yt8m.errors import ConfigError
 
 QK = tfmot.quantization.keras
 
@@ -26,7 +27,7 @@ def _sublayer(layer: keras.layers.Layer, path: str) -> keras.layers.Layer:
     for name in filter(None, path.split("/")):
         matches = [child for child in _children(layer) if child.name == name]
         if len(matches) != 1:
-            raise ValueError(f"{layer.name}: no unique sublayer {name!r} (path {path!r})")
+            raise ConfigError(f"{layer.name}: no unique sublayer {name!r} (path {path!r})")
         layer = matches[0]
     return layer
 
@@ -174,10 +175,10 @@ def quantize_aware(
     `per_channel`: kernels quantized per output channel (True) or per tensor.
     """
     if not isinstance(backbone, keras.Model) or not getattr(backbone, "_is_graph_network", False):
-        raise ValueError("quantize_aware needs a functional tf_keras Model (the student's backbone)")
+        raise ConfigError("quantize_aware needs a functional tf_keras Model (the student's backbone)")
     nested = [layer.name for layer in backbone.layers if isinstance(layer, keras.Model)]
     if nested:
-        raise ValueError(
+        raise ConfigError(
             f"quantize_aware: {backbone.name!r} holds the model(s) {nested}; pass the backbone itself "
             "(a student's is student.get_layer('<name>_backbone'); frame selection stays outside the QAT model)"
         )

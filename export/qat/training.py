@@ -9,6 +9,7 @@ import tf_keras as keras
 from vidistill.export.qat.quantizers import calibrating
 from vidistill.export.qat.scheme import _quantizers, _refresh, _wrappers
 from vidistill.yt8m.loss import cross_entropy
+from vidistill.yt8m.errors import ConfigError
 
 
 def refresh_weight_ranges(model: keras.Model) -> None:
@@ -40,7 +41,7 @@ def calibrate(model: keras.Model, batches, *, steps: int | None = None) -> int:
             forward(_split(element)[0])
             count += 1
     if count == 0:
-        raise ValueError("calibrate: no batches")
+        raise ConfigError("calibrate: no batches")
     _refresh(model)
     return count
 
@@ -57,7 +58,7 @@ def qat_finetune(qat_model: keras.Model, dataset, *, steps: int, learning_rate: 
     ({"frames" [B, k, 1152], "num_frames" [B]}, labels [B, C]) (repeated when shorter). The quantizers update
     their ranges as they go; at the end the kernel ranges are refreshed. Returns L_CE per step."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigError(f"steps must be >= 1, got {steps}")
     optimizer = keras.optimizers.Adam(learning_rate)
     variables = qat_model.trainable_variables
 
@@ -75,11 +76,11 @@ def qat_finetune(qat_model: keras.Model, dataset, *, steps: int, learning_rate: 
     for element in source:
         inputs, labels = _split(element)
         if labels is None:
-            raise ValueError("qat_finetune: the batches carry no labels")
+            raise ConfigError("qat_finetune: the batches carry no labels")
         losses.append(float(step(inputs, labels)))
         if len(losses) >= steps:
             break
     if len(losses) < steps:
-        raise ValueError(f"qat_finetune: the data ended after {len(losses)} of {steps} steps")
+        raise ConfigError(f"qat_finetune: the data ended after {len(losses)} of {steps} steps")
     _refresh(qat_model)
     return losses

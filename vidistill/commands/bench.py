@@ -8,6 +8,7 @@ report.json, pareto.png and rows.jsonl (rows as they are measured). TensorFlow i
 from __future__ import annotations
 
 import shlex
+from vidistill.yt8m.errors import ConfigError
 
 HELP = "latency, throughput and roofline of ONNX files and SavedModels, with a report next to their GAP"
 
@@ -16,7 +17,7 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--batch {text!r}: give comma-separated integers, e.g. 1,8,64,256") from None
+        raise ConfigError(f"--batch {text!r}: give comma-separated integers, e.g. 1,8,64,256") from None
 
 
 def add_arguments(parser) -> None:

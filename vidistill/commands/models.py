@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from vidistill.yt8m.errors import ConfigError
 
 HELP = "parameter counts and FLOPs of presets, configs, and teacher-vs-student pairs"
 
@@ -65,7 +66,7 @@ def _pair(args) -> int:
     try:
         teacher_frames, student_frames = (int(v) for v in args.frames.split(","))
     except ValueError:
-        raise ValueError(f"--frames takes two integers, teacher,student (e.g. 300,30), got {args.frames!r}") from None
+        raise ConfigError(f"--frames takes two integers, teacher,student (e.g. 300,30), got {args.frames!r}") from None
     teacher = dataclasses.replace(_with_classes(resolve(args.teacher), args.num_classes), frames=teacher_frames)
     base = _with_classes(resolve(args.student), args.num_classes) if args.student else teacher
     student = student_config(base, k=student_frames, width=args.width, num_classes=teacher.num_classes)

@@ -4,6 +4,7 @@ override it; the full resolved configuration is saved in the run directory as co
 from __future__ import annotations
 
 import dataclasses
+from vidistill.yt8m.errors import ConfigError
 
 HELP = "train teacher-student pairs (parallel, serial) or either alone"
 
@@ -63,10 +64,10 @@ def resolve_config(args):
     if args.student or args.frames or args.selection or args.width:
         base = resolve(args.student) if args.student else (config.student.model if config.student else config.teacher)
         if base is None:
-            raise ValueError("a student needs a model: pass --student PRESET|CONFIG or --teacher")
+            raise ConfigError("a student needs a model: pass --student PRESET|CONFIG or --teacher")
         k = args.frames or (config.student.k if config.student else None)
         if not k:
-            raise ValueError("pass --frames K: the number of frames the student sees")
+            raise ConfigError("pass --frames K: the number of frames the student sees")
         policy = args.selection or (config.student.policy if config.student else "uniform")
         classes = config.teacher.num_classes if config.teacher else args.num_classes
         config.student = student_config(base, k=k, policy=policy, width=args.width or 1.0, num_classes=classes)
