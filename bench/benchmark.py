@@ -161,8 +161,9 @@ class Benchmark:
         self.pareto_batch = config.pareto_batch
         if self.pareto_batch not in config.batches:
             self.pareto_batch = min(config.batches)
-            self.notes.append(f"--pareto-batch {config.pareto_batch} was not benchmarked: the plot uses batch "
-                              f"{self.pareto_batch}")  # fmt: skip
+            self.notes.append(
+                f"--pareto-batch {config.pareto_batch} was not benchmarked: the plot uses batch {self.pareto_batch}"
+            )
         self.providers = self._available_providers()
         self.system = system_info()
         self.peaks: dict[tuple[str, str], object] = {}
@@ -186,11 +187,17 @@ class Benchmark:
         config = dataclasses.asdict(self.config)
         config["threads"] = self.threads
         return {
-            "date": self.started, "command": self.config.command, "config": config, "system": self.system,
-            "threads": self.threads, "providers_run": self.providers, "notes": self.notes,
-            "peaks": [p.to_dict() for p in self.peaks.values()], "baseline": self.baseline,
+            "date": self.started,
+            "command": self.config.command,
+            "config": config,
+            "system": self.system,
+            "threads": self.threads,
+            "providers_run": self.providers,
+            "notes": self.notes,
+            "peaks": [p.to_dict() for p in self.peaks.values()],
+            "baseline": self.baseline,
             "pareto_batch": self.pareto_batch,
-        }  # fmt: skip
+        }
 
     def write_report(self) -> list[dict]:
         return reporting.write_report(self.config.report, self.rows, self.meta())
@@ -223,12 +230,20 @@ class Benchmark:
         accuracy = getattr(card, "accuracy", None)
         row = dict.fromkeys(reporting.ROW_FIELDS)
         row.update(
-            model=model.label, path=model.path, kind=model.kind, precision=getattr(card, "precision", None),
-            provider=provider, mode=mode, batch=batch, frames=getattr(card, "frames", None), threads=self.threads,
+            model=model.label,
+            path=model.path,
+            kind=model.kind,
+            precision=getattr(card, "precision", None),
+            provider=provider,
+            mode=mode,
+            batch=batch,
+            frames=getattr(card, "frames", None),
+            threads=self.threads,
             reference=os.path.basename(model.reference) if model.reference else None,
             tolerance=card.tolerance.against_reference() if card is not None else None,
-            gap=accuracy.gap if accuracy else None, map=accuracy.map if accuracy else None,
-        )  # fmt: skip
+            gap=accuracy.gap if accuracy else None,
+            map=accuracy.map if accuracy else None,
+        )
         return row
 
     def _bench_model(self, model: Model, bar) -> None:
@@ -244,8 +259,9 @@ class Benchmark:
                 bar.set_postfix_str(f"{model.label} {provider} batch {batch}")
                 if provider not in dead:
                     try:
-                        inputs = inputs or inputs_for_card(model.card, batch, sets=self.config.input_sets,
-                                                           seed=self.config.seed)  # fmt: skip
+                        inputs = inputs or inputs_for_card(
+                            model.card, batch, sets=self.config.input_sets, seed=self.config.seed
+                        )
                         rows = self._bench_cell(model, provider, batch, inputs)
                     except _Dead as e:
                         dead.add(provider)
@@ -276,8 +292,9 @@ class Benchmark:
             return None
         frames = model.reference_frames or model.card.frames
         if frames != model.card.frames:
-            inputs = inputs_for_card(model.card, batch, frames=frames, sets=self.config.input_sets,
-                                     seed=self.config.seed)  # fmt: skip
+            inputs = inputs_for_card(
+                model.card, batch, frames=frames, sets=self.config.input_sets, seed=self.config.seed
+            )
         key = (model.reference, batch, frames, len(inputs))
         if key not in self.reference_cache:
             runner = OnnxRunner(model.reference, "cpu", self.threads)
@@ -290,8 +307,17 @@ class Benchmark:
         self._place(model, provider, batch, inputs[0])  # the session loaded and took these inputs
         placement = self.placements.get((model.label, provider, batch))
         nodes, fallbacks, ops, shape_ops = placement_summary(placement)
-        return [dict(row, nodes=nodes or None, cpu_fallbacks=fallbacks, fallback_ops=ops or None, cpu_shape_ops=shape_ops,
-                     top_ops=top_ops(placement) or None) for row in rows]  # fmt: skip
+        return [
+            dict(
+                row,
+                nodes=nodes or None,
+                cpu_fallbacks=fallbacks,
+                fallback_ops=ops or None,
+                cpu_shape_ops=shape_ops,
+                top_ops=top_ops(placement) or None,
+            )
+            for row in rows
+        ]
 
     def _measure(self, model: Model, provider: str, batch: int, inputs: list[dict]) -> list[dict]:
         config, card = self.config, model.card
@@ -331,8 +357,14 @@ class Benchmark:
                     def step(i, runner=runner):
                         runner.run(inputs[i % len(inputs)])
 
-                timed[mode] = timed_runs(step, warmup=config.warmup, runs=config.runs, duration=config.duration,
-                                         min_runs=config.min_runs, time_cap=config.time_cap)  # fmt: skip
+                timed[mode] = timed_runs(
+                    step,
+                    warmup=config.warmup,
+                    runs=config.runs,
+                    duration=config.duration,
+                    min_runs=config.min_runs,
+                    time_cap=config.time_cap,
+                )
             runner.close()
         rows = []
         for mode, latencies in timed.items():

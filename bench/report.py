@@ -14,11 +14,44 @@ from vidistill.yt8m.files import atomic_write
 
 ROWS = "rows.jsonl"
 ROW_FIELDS = [
-    "model", "path", "kind", "precision", "provider", "mode", "batch", "frames", "status", "parity_max_abs",
-    "tolerance", "reference", "runs", "session_s", "first_run_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms",
-    "min_ms", "max_ms", "videos_per_s", "peak_mem_mb", "gflops", "peak_gflops", "pct_peak", "speedup", "gap", "map",
-    "nodes", "cpu_fallbacks", "fallback_ops", "cpu_shape_ops", "top_ops", "providers_loaded", "threads",
-]  # fmt: skip
+    "model",
+    "path",
+    "kind",
+    "precision",
+    "provider",
+    "mode",
+    "batch",
+    "frames",
+    "status",
+    "parity_max_abs",
+    "tolerance",
+    "reference",
+    "runs",
+    "session_s",
+    "first_run_ms",
+    "mean_ms",
+    "std_ms",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "min_ms",
+    "max_ms",
+    "videos_per_s",
+    "peak_mem_mb",
+    "gflops",
+    "peak_gflops",
+    "pct_peak",
+    "speedup",
+    "gap",
+    "map",
+    "nodes",
+    "cpu_fallbacks",
+    "fallback_ops",
+    "cpu_shape_ops",
+    "top_ops",
+    "providers_loaded",
+    "threads",
+]
 TIMED_MODES = ("run", "tf")  # the modes a user calling the model gets (IO binding is the GPU-resident variant)
 
 
@@ -104,8 +137,9 @@ def plot_pareto(points: list[tuple[str, float, float]], path: str, batch: int) -
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(loc="lower right")
     else:
-        ax.text(0.5, 0.5, f"no measured model with a GAP on its card at batch {batch}", ha="center",
-                transform=ax.transAxes)  # fmt: skip
+        ax.text(
+            0.5, 0.5, f"no measured model with a GAP on its card at batch {batch}", ha="center", transform=ax.transAxes
+        )
     ax.set_xlabel(f"p50 latency at batch {batch} (ms)")
     ax.set_ylabel("GAP@20 (model card)")
     ax.set_title("Accuracy against latency")
@@ -119,28 +153,76 @@ def _num(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-COMPACT = ["model", "provider", "mode", "batch", "status", "parity", "p50 ms", "p99 ms", "videos/s", "mem MB",
-           "% peak", "speed-up", "GAP"]  # fmt: skip
+COMPACT = [
+    "model",
+    "provider",
+    "mode",
+    "batch",
+    "status",
+    "parity",
+    "p50 ms",
+    "p99 ms",
+    "videos/s",
+    "mem MB",
+    "% peak",
+    "speed-up",
+    "GAP",
+]
 
 
 def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """The results as a GitHub-style table: every column, or only `columns` (e.g. COMPACT for a terminal)."""
-    headers = ["model", "provider", "mode", "batch", "T", "status", "parity", "p50 ms", "p90 ms", "p99 ms",
-               "mean±std ms", "videos/s", "first run ms", "session s", "mem MB", "GFLOP/s", "% peak", "speed-up",
-               "GAP", "mAP", "runs"]  # fmt: skip
+    headers = [
+        "model",
+        "provider",
+        "mode",
+        "batch",
+        "T",
+        "status",
+        "parity",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "mean±std ms",
+        "videos/s",
+        "first run ms",
+        "session s",
+        "mem MB",
+        "GFLOP/s",
+        "% peak",
+        "speed-up",
+        "GAP",
+        "mAP",
+        "runs",
+    ]
     table = []
     for r in rows:
         mean = f"{r['mean_ms']:.3f}±{r['std_ms']:.3f}" if r.get("mean_ms") is not None else ""
-        table.append([
-            r["model"], r["provider"], r["mode"], "all" if r["batch"] is None else r["batch"], r.get("frames"),
-            r["status"],
-            _num(r.get("parity_max_abs"), ".2g"), _num(r.get("p50_ms"), ".3f"), _num(r.get("p90_ms"), ".3f"),
-            _num(r.get("p99_ms"), ".3f"), mean, _num(r.get("videos_per_s"), ",.0f"),
-            _num(r.get("first_run_ms"), ".1f"), _num(r.get("session_s"), ".2f"), _num(r.get("peak_mem_mb"), ".1f"),
-            _num(r.get("gflops"), ".2f"), _num(r.get("pct_peak"), ".1f"),
-            _num(r.get("speedup"), ".2f") + ("x" if r.get("speedup") is not None else ""),
-            _num(r.get("gap"), ".4f"), _num(r.get("map"), ".4f"), r.get("runs") or "",
-        ])  # fmt: skip
+        table.append(
+            [
+                r["model"],
+                r["provider"],
+                r["mode"],
+                "all" if r["batch"] is None else r["batch"],
+                r.get("frames"),
+                r["status"],
+                _num(r.get("parity_max_abs"), ".2g"),
+                _num(r.get("p50_ms"), ".3f"),
+                _num(r.get("p90_ms"), ".3f"),
+                _num(r.get("p99_ms"), ".3f"),
+                mean,
+                _num(r.get("videos_per_s"), ",.0f"),
+                _num(r.get("first_run_ms"), ".1f"),
+                _num(r.get("session_s"), ".2f"),
+                _num(r.get("peak_mem_mb"), ".1f"),
+                _num(r.get("gflops"), ".2f"),
+                _num(r.get("pct_peak"), ".1f"),
+                _num(r.get("speedup"), ".2f") + ("x" if r.get("speedup") is not None else ""),
+                _num(r.get("gap"), ".4f"),
+                _num(r.get("map"), ".4f"),
+                r.get("runs") or "",
+            ]
+        )
     if columns is not None:
         keep = [headers.index(c) for c in columns]
         headers, table = columns, [[line[i] for i in keep] for line in table]
@@ -153,10 +235,28 @@ def placement_table(rows: list[dict]) -> str:
         key = (r["model"], r["provider"], r.get("batch"))
         if r.get("nodes") and key not in seen:
             seen.add(key)
-            table.append([r["model"], r["provider"], r.get("batch"), r["nodes"], r.get("cpu_fallbacks"),
-                          r.get("fallback_ops") or "-", "-" if r.get("cpu_shape_ops") is None else r["cpu_shape_ops"], r.get("top_ops") or "-"])  # fmt: skip
-    headers = ["model", "provider", "batch", "nodes per provider", "CPU fallbacks", "fallback op types",
-               "integer shape nodes on CPU (by design)", "kernel time by op type (one profiled run)"]  # fmt: skip
+            table.append(
+                [
+                    r["model"],
+                    r["provider"],
+                    r.get("batch"),
+                    r["nodes"],
+                    r.get("cpu_fallbacks"),
+                    r.get("fallback_ops") or "-",
+                    "-" if r.get("cpu_shape_ops") is None else r["cpu_shape_ops"],
+                    r.get("top_ops") or "-",
+                ]
+            )
+    headers = [
+        "model",
+        "provider",
+        "batch",
+        "nodes per provider",
+        "CPU fallbacks",
+        "fallback op types",
+        "integer shape nodes on CPU (by design)",
+        "kernel time by op type (one profiled run)",
+    ]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "(not profiled)"
 
 
@@ -173,30 +273,68 @@ def _markdown(rows: list[dict], meta: dict) -> str:
 
     config = meta["config"]
     lines = [
-        "# Inference benchmark", "", f"Date: {meta['date']}", "", "Command:", "", "```", meta["command"], "```", "",
-        "## System", "", tabulate(describe(meta["system"]), tablefmt="github", headers=["", ""]), "",
-        "## Settings", "",
+        "# Inference benchmark",
+        "",
+        f"Date: {meta['date']}",
+        "",
+        "Command:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        "## System",
+        "",
+        tabulate(describe(meta["system"]), tablefmt="github", headers=["", ""]),
+        "",
+        "## Settings",
+        "",
         f"- providers asked: {', '.join(config['providers'])}; ran: {', '.join(meta['providers_run']) or 'none'}",
         f"- threads: intra-op {meta['threads']}, inter-op 1, sequential execution (ONNX Runtime); "
         f"TensorFlow: intra-op {meta['threads']}, inter-op 1",
         f"- warm-up runs (discarded): {config['warmup']}; timed: "
-        + (f"exactly {config['runs']} runs" if config["runs"] else
-           f"{config['duration']} s and at least {config['min_runs']} runs (at most {config['time_cap']} s)"),
+        + (
+            f"exactly {config['runs']} runs"
+            if config["runs"]
+            else f"{config['duration']} s and at least {config['min_runs']} runs (at most {config['time_cap']} s)"
+        ),
         f"- input sets rotated between runs: up to {config['input_sets']} per batch size (seed {config['seed']})",
         f"- baseline for speed-up: {meta['baseline']}; Pareto plot at batch {meta['pareto_batch']}",
         "",
-    ]  # fmt: skip
+    ]
     if meta["notes"]:
         lines += ["## Notes", "", *(f"- {n}" for n in meta["notes"]), ""]
-    lines += ["## Results", "", summary_table(rows), "", "## Which provider ran each node, and where the time went", "", placement_table(rows),
-              ""]  # fmt: skip
-    peaks = [[p["provider"], p["dtype"], p["size"], _num(p["gflops"], ",.1f"), p.get("error") or ""]
-             for p in meta["peaks"]]  # fmt: skip
-    lines += ["## Matrix-multiply peak (roofline reference)", "",
-              tabulate(peaks, headers=["provider", "dtype", "n", "GFLOP/s", "error"], tablefmt="github",
-                       disable_numparse=True) if peaks else "(none measured)", "",
-              "## Accuracy against latency", "", "![Pareto](pareto.png)", "",
-              "## Method", "", *(f"- {m}" for m in METHOD), ""]  # fmt: skip
+    lines += [
+        "## Results",
+        "",
+        summary_table(rows),
+        "",
+        "## Which provider ran each node, and where the time went",
+        "",
+        placement_table(rows),
+        "",
+    ]
+    peaks = [
+        [p["provider"], p["dtype"], p["size"], _num(p["gflops"], ",.1f"), p.get("error") or ""] for p in meta["peaks"]
+    ]
+    lines += [
+        "## Matrix-multiply peak (roofline reference)",
+        "",
+        tabulate(
+            peaks, headers=["provider", "dtype", "n", "GFLOP/s", "error"], tablefmt="github", disable_numparse=True
+        )
+        if peaks
+        else "(none measured)",
+        "",
+        "## Accuracy against latency",
+        "",
+        "![Pareto](pareto.png)",
+        "",
+        "## Method",
+        "",
+        *(f"- {m}" for m in METHOD),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -205,10 +343,10 @@ METHOD = [
     "official dequantization, values in [-2, 2]), num_frames = T for every video (full-length videos; T is the "
     "card's frames: k for a student, whose frame selection is not part of the ONNX file). Several such sets per "
     "batch size are rotated between runs.",
-    "Each cell (model, provider, batch) creates its own session (\"session s\"), times its first run apart "
-    "(\"first run ms\": lazy initialisation, TensorRT engine build), checks parity, runs the warm-up, then the timed "
+    'Each cell (model, provider, batch) creates its own session ("session s"), times its first run apart '
+    '("first run ms": lazy initialisation, TensorRT engine build), checks parity, runs the warm-up, then the timed '
     "runs.",
-    "Parity: before timing, the outputs (\"predictions\") on every input set are compared with the fp32 reference "
+    'Parity: before timing, the outputs ("predictions") on every input set are compared with the fp32 reference '
     "file (card.reference, or fp32.onnx beside the model) run on CPU; a model further off than its card's "
     "tolerance.max_abs is reported failed and not timed. TF SavedModels are compared at the reference's T.",
     "Latency: wall clock around one synchronous call; percentiles interpolate linearly between the closest ranks; "

@@ -64,8 +64,9 @@ def default_size(provider: str) -> int:
     return GPU_SIZE if provider in GPU_PROVIDERS or provider == "tf-cuda" else CPU_SIZE
 
 
-def onnx_matmul_peak(provider: str, threads: int, size: int | None = None, dtype: str = "float32",
-                     repeats: int = REPEATS) -> Peak:  # fmt: skip
+def onnx_matmul_peak(
+    provider: str, threads: int, size: int | None = None, dtype: str = "float32", repeats: int = REPEATS
+) -> Peak:
     size = size or default_size(provider)
     try:
         session = create_session(matmul_model(size, dtype), provider, threads)

@@ -227,8 +227,13 @@ def parse_profile(events: list[dict], main_provider: str) -> dict:
     on_cpu = [(op, integer) for provider, op, integer in placed.values() if provider == "CPUExecutionProvider"]
     fallback_ops = dict(Counter(op for op, integer in on_cpu if not integer)) if on_gpu else {}
     shape_ops = sum(integer for _, integer in on_cpu) if on_gpu else 0
-    return {"nodes": dict(nodes), "fallbacks": sum(fallback_ops.values()), "fallback_ops": fallback_ops,
-            "shape_ops": shape_ops, "op_ms": dict(op_ms)}
+    return {
+        "nodes": dict(nodes),
+        "fallbacks": sum(fallback_ops.values()),
+        "fallback_ops": fallback_ops,
+        "shape_ops": shape_ops,
+        "op_ms": dict(op_ms),
+    }
 
 
 def node_placement(path: str, provider: str, threads: int, inputs: dict[str, np.ndarray]) -> dict:

@@ -65,8 +65,11 @@ def describe(info: dict) -> list[tuple[str, str]]:
         ("GPU", gpu),
         ("OS", info["os"]),
         ("Python", info["python"]),
-        ("ONNX Runtime", f"{info['onnxruntime']} ({info['onnxruntime_package']}, built for CUDA "
-                         f"{info['onnxruntime_cuda_build'] or '-'})"),
+        (
+            "ONNX Runtime",
+            f"{info['onnxruntime']} ({info['onnxruntime_package']}, built for CUDA "
+            f"{info['onnxruntime_cuda_build'] or '-'})",
+        ),
         ("onnx / numpy", f"{info['onnx']} / {info['numpy']}"),
         ("TensorFlow", f"{info['tensorflow'] or 'not installed'}"),
-    ]  # fmt: skip
+    ]

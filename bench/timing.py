@@ -48,9 +48,15 @@ def latency_stats(seconds) -> LatencyStats:
     p50, p90, p99 = np.percentile(ms, PERCENTILES)
     std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
     return LatencyStats(
-        runs=int(ms.size), mean_ms=float(ms.mean()), std_ms=std, p50_ms=float(p50), p90_ms=float(p90),
-        p99_ms=float(p99), min_ms=float(ms.min()), max_ms=float(ms.max()),
-    )  # fmt: skip
+        runs=int(ms.size),
+        mean_ms=float(ms.mean()),
+        std_ms=std,
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+    )
 
 
 def time_once(run: Callable[[], object]) -> float:

@@ -84,7 +84,9 @@ class TrainConfig:
 
             unknown = sorted(set(self.loss.extra) - set(LOSS_TERMS))
             if unknown:
-                raise ConfigError(f"loss.extra names no registered loss term: {unknown}; registered: {sorted(LOSS_TERMS)}")
+                raise ConfigError(
+                    f"loss.extra names no registered loss term: {unknown}; registered: {sorted(LOSS_TERMS)}"
+                )
         if self.mode.has_teacher and self.teacher is None:
             raise ConfigError(f"mode '{self.mode}' needs a teacher (--teacher PRESET|CONFIG, or --teacher-run RUN)")
         if self.mode.has_student and self.student is None:

@@ -75,7 +75,9 @@ class Distiller(keras.Model):
         logs, total = weighted_sum(list(self.terms), inputs)
         if self.mode.distills:
             logs["student_total"] = tf.add_n([t.weight * logs[t.name] for t in self.terms if t.trains == "student"])
-        regularization = [loss for m in (self.teacher, self.student) if m is not None and m.trainable for loss in m.losses]
+        regularization = [
+            loss for m in (self.teacher, self.student) if m is not None and m.trainable for loss in m.losses
+        ]
         return {"loss": total + tf.add_n(regularization) if regularization else total, **logs}
 
     def train_step(self, batch):
@@ -89,8 +91,10 @@ class Distiller(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         if all(g is None for g in gradients):  # at trace time: a step that would silently train nothing
-            raise ConfigError(f"no trainable variable gets a gradient in mode '{self.mode}' with loss terms "
-                             f"{list(self.terms)}: nothing would train; turn on a loss term that reaches the model")
+            raise ConfigError(
+                f"no trainable variable gets a gradient in mode '{self.mode}' with loss terms "
+                f"{list(self.terms)}: nothing would train; turn on a loss term that reaches the model"
+            )
         self.optimizer.apply_gradients((g, v) for g, v in zip(gradients, variables) if g is not None)
         self.head_policy.after_step()  # e.g. the student holds the teacher's updated head (checkpoints, evaluation)
         return logs

@@ -27,8 +27,9 @@ def predictions(
 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
     """(ids, predictions [B, C], labels [B, C]) batch by batch, in file order."""
     predict = _predictor(model)
-    ds = read_frame_dataset(pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size,
-                            deterministic=True)  # fmt: skip
+    ds = read_frame_dataset(
+        pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, deterministic=True
+    )
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
     with data_errors():
@@ -65,8 +66,14 @@ def rated_segment_predictions(model, pattern: str, *, num_classes: int, max_fram
     """(segment ids "vid:start", predictions [S, C], labels [S, C], label_weights [S, C]) of the rated segments of
     2019-style records: each segment's 5 frames go through the model as a short video."""
     predict = _predictor(model)
-    ds = read_frame_dataset(pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size,
-                            segment_labels=True, deterministic=True)  # fmt: skip
+    ds = read_frame_dataset(
+        pattern,
+        num_classes=num_classes,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        segment_labels=True,
+        deterministic=True,
+    )
     ids, scores, labels, weights = [], [], [], []
     with data_errors():
         for batch in ds:
@@ -100,8 +107,9 @@ def all_segment_predictions(model, pattern: str, *, num_classes: int, max_frames
     from vidistill.yt8m.constants import SEGMENT_FRAMES
 
     predict = _predictor(model)
-    ds = read_frame_dataset(pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size,
-                            deterministic=True)  # fmt: skip
+    ds = read_frame_dataset(
+        pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, deterministic=True
+    )
     chunks = -(-max_frames // SEGMENT_FRAMES)
     ids, scores = [], []
     with data_errors():

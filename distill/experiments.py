@@ -4,8 +4,8 @@ Rows: the teacher skyline (all frames); students without distillation for each s
 Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k); parallel and serial students with L_REP,
 L_REP + L_CE and L_REP + L_PRED + L_CE, and on request serial students with L_PRED and L_PRED + L_CE (the
 paper's two serial-only rows); one VLAD-family row (teacher, Uniform-30, distilled-30) and one narrow student (a
-quarter of the teacher's parameters at k = 30). Each cell is a run directory under OUT/runs/, trained in a child process; a cell
-whose results exist is not trained again, so a killed experiment continues where it stopped.
+quarter of the teacher's parameters at k = 30). Each cell is a run directory under OUT/runs/, trained in a child
+process; a cell whose results exist is not trained again, so a killed experiment continues where it stopped.
 """
 
 from __future__ import annotations
@@ -26,8 +26,14 @@ from vidistill.teachers.registry import build_model
 from vidistill.yt8m.files import atomic_write
 from vidistill.yt8m.errors import ConfigError
 
-POLICY_ROWS = {"uniform": "Uniform-k", "random": "Random-k", "first": "First-k", "middle": "Middle-k",
-               "last": "Last-k", "fml": "First-Middle-Last-k"}  # fmt: skip
+POLICY_ROWS = {
+    "uniform": "Uniform-k",
+    "random": "Random-k",
+    "first": "First-k",
+    "middle": "Middle-k",
+    "last": "Last-k",
+    "fml": "First-Middle-Last-k",
+}
 LOSS_ROWS = {  # name -> student loss weights (L_CE, L_REP, L_PRED), in the paper's row order
     # nothing else trains the head of an L_rep-only student: it is a frozen copy of the teacher's (losses.py)
     "L_rep": LossWeights(ce=0.0, rep=0.01, pred=0.0, head="teacher"),
@@ -70,19 +76,44 @@ class Table1Config:
     @classmethod
     def quick(cls) -> Table1Config:
         """A miniature that runs in a few minutes (the tests run it)."""
-        return cls(classes=4, videos=48, heldout=16, min_frames=30, max_frames=40, ks=(6,), policies=("uniform", "first"),
-                   losses=("L_rep, L_pred, L_CE",), serial_losses=("L_pred",), teacher_steps=6, student_steps=4,
-                   batch_size=8, cells=8, chunks=4)  # fmt: skip
+        return cls(
+            classes=4,
+            videos=48,
+            heldout=16,
+            min_frames=30,
+            max_frames=40,
+            ks=(6,),
+            policies=("uniform", "first"),
+            losses=("L_rep, L_pred, L_CE",),
+            serial_losses=("L_pred",),
+            teacher_steps=6,
+            student_steps=4,
+            batch_size=8,
+            cells=8,
+            chunks=4,
+        )
 
 
 def _teacher(config: Table1Config) -> HLSTMConfig:
-    return HLSTMConfig(num_classes=config.classes, frames=config.max_frames, chunks=config.chunks,
-                       lower_cells=config.cells, upper_cells=config.cells, lower_layers=1, upper_layers=1)  # fmt: skip
+    return HLSTMConfig(
+        num_classes=config.classes,
+        frames=config.max_frames,
+        chunks=config.chunks,
+        lower_cells=config.cells,
+        upper_cells=config.cells,
+        lower_layers=1,
+        upper_layers=1,
+    )
 
 
 def _vlad_teacher(config: Table1Config) -> NetVLADConfig:
-    return NetVLADConfig(num_classes=config.classes, frames=config.max_frames, clusters=16, hidden=config.cells * 2,
-                         head=HeadConfig(kind="moe", mixtures=2))  # fmt: skip
+    return NetVLADConfig(
+        num_classes=config.classes,
+        frames=config.max_frames,
+        clusters=16,
+        hidden=config.cells * 2,
+        head=HeadConfig(kind="moe", mixtures=2),
+    )
 
 
 def _train_cell(config: TrainConfig, run_dir: str) -> dict:
@@ -111,8 +142,11 @@ class Table1:
         os.makedirs(self.out_dir, exist_ok=True)
         self._data()
         # the child starts at the first cell that needs training (none when every result exists)
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                 max_tasks_per_child=max(1, self.config.cells_per_process)) as self._pool:  # fmt: skip
+        with ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            max_tasks_per_child=max(1, self.config.cells_per_process),
+        ) as self._pool:
             return self._run_cells()
 
     def _run_cells(self) -> dict:
@@ -121,23 +155,50 @@ class Table1:
         teacher_run = self._train("teacher", TrainConfig(mode="teacher", teacher=teacher), c.teacher_steps)
         for k in c.ks:
             for policy in c.policies:
-                self._train(f"student/{policy}/k{k}", TrainConfig(mode="student", student=student_config(teacher, k=k, policy=policy)))
+                self._train(
+                    f"student/{policy}/k{k}",
+                    TrainConfig(mode="student", student=student_config(teacher, k=k, policy=policy)),
+                )
             for mode, name in self._distilled_rows():
                 student = student_config(teacher, k=k)
-                self._train(f"{mode}/{name}/k{k}", TrainConfig(mode=mode, teacher=teacher, student=student, loss=LOSS_ROWS[name],
-                                                               teacher_run=teacher_run if mode == "serial" else ""))  # fmt: skip
+                self._train(
+                    f"{mode}/{name}/k{k}",
+                    TrainConfig(
+                        mode=mode,
+                        teacher=teacher,
+                        student=student,
+                        loss=LOSS_ROWS[name],
+                        teacher_run=teacher_run if mode == "serial" else "",
+                    ),
+                )
         k = max(c.ks)
         if c.vlad_row:
             vlad = _vlad_teacher(c)
             vlad_run = self._train("vlad/teacher", TrainConfig(mode="teacher", teacher=vlad), c.teacher_steps)
             student = student_config(vlad, k=k)
             self._train(f"vlad/uniform/k{k}", TrainConfig(mode="student", student=student))
-            self._train(f"vlad/serial/k{k}", TrainConfig(mode="serial", teacher=vlad, student=student, teacher_run=vlad_run,
-                                                         loss=LOSS_ROWS["L_rep, L_pred, L_CE"]))  # fmt: skip
+            self._train(
+                f"vlad/serial/k{k}",
+                TrainConfig(
+                    mode="serial",
+                    teacher=vlad,
+                    student=student,
+                    teacher_run=vlad_run,
+                    loss=LOSS_ROWS["L_rep, L_pred, L_CE"],
+                ),
+            )
         if c.narrow_row:
             narrow = student_config(teacher, k=k, width=width_for_parameters(teacher, k=k, fraction=0.25))
-            self._train(f"narrow/serial/k{k}", TrainConfig(mode="serial", teacher=teacher, student=narrow, teacher_run=teacher_run,
-                                                           loss=LOSS_ROWS["L_rep, L_pred, L_CE"]))  # fmt: skip
+            self._train(
+                f"narrow/serial/k{k}",
+                TrainConfig(
+                    mode="serial",
+                    teacher=teacher,
+                    student=narrow,
+                    teacher_run=teacher_run,
+                    loss=LOSS_ROWS["L_rep, L_pred, L_CE"],
+                ),
+            )
             self._train(f"narrow/uniform/k{k}", TrainConfig(mode="student", student=narrow))
         self.write_report()
         return self.results
@@ -157,18 +218,32 @@ class Table1:
         if os.path.exists(os.path.join(self.data_dir, "synth.yaml")):
             return
         c = self.config
-        write_dataset(SynthConfig(videos=c.videos, heldout=c.heldout, classes=c.classes, seed=c.seed,
-                                  min_frames=c.min_frames, max_frames=c.max_frames, shards=4),
-                      self.data_dir, progress=self.progress)  # fmt: skip
+        write_dataset(
+            SynthConfig(
+                videos=c.videos,
+                heldout=c.heldout,
+                classes=c.classes,
+                seed=c.seed,
+                min_frames=c.min_frames,
+                max_frames=c.max_frames,
+                shards=4,
+            ),
+            self.data_dir,
+            progress=self.progress,
+        )
 
     def _train(self, name: str, config: TrainConfig, steps: int | None = None) -> str:
         run_dir = os.path.join(self.out_dir, "runs", name.replace(", ", "+").replace(" ", ""))
         if name in self.results:
             return run_dir
         c = self.config
-        config.data = DataConfig(train=os.path.join(self.data_dir, "train-*.tfrecord"),
-                                 eval=os.path.join(self.data_dir, "validate-*.tfrecord"),
-                                 max_frames=c.max_frames, batch_size=c.batch_size, eval_batch_size=128)  # fmt: skip
+        config.data = DataConfig(
+            train=os.path.join(self.data_dir, "train-*.tfrecord"),
+            eval=os.path.join(self.data_dir, "validate-*.tfrecord"),
+            max_frames=c.max_frames,
+            batch_size=c.batch_size,
+            eval_batch_size=128,
+        )
         config.optimizer = OptimizerConfig(learning_rate=c.learning_rate, decay_steps=max(steps or c.student_steps, 1))
         config.steps = steps or c.student_steps
         config.checkpoint_every = config.steps
@@ -205,17 +280,24 @@ class Table1:
 
         rows = []
         if "teacher" in r:
-            rows.append(f"| Teacher-Skyline (all frames) | " + " | ".join([""] * (len(c.ks) - 1) + [cell("teacher")]) + " |")
+            rows.append(
+                "| Teacher-Skyline (all frames) | " + " | ".join([""] * (len(c.ks) - 1) + [cell("teacher")]) + " |"
+            )
         for policy in c.policies:
             rows.append(f"| {POLICY_ROWS[policy]} | " + " | ".join(cell(f"student/{policy}/k{k}") for k in c.ks) + " |")
         for mode, loss in self._distilled_rows():
-            rows.append(f"| {mode.capitalize()} {loss} | " + " | ".join(cell(f"{mode}/{loss}/k{k}") for k in c.ks) + " |")
+            rows.append(
+                f"| {mode.capitalize()} {loss} | " + " | ".join(cell(f"{mode}/{loss}/k{k}") for k in c.ks) + " |"
+            )
         extra = []
         k = max(c.ks)
-        for name, label in ((f"vlad/teacher", "NetVLAD teacher (all frames)"), (f"vlad/uniform/k{k}", f"NetVLAD Uniform-{k}"),
-                            (f"vlad/serial/k{k}", f"NetVLAD serial L_rep, L_pred, L_CE, k={k}"),
-                            (f"narrow/uniform/k{k}", f"H-LSTM narrow (1/4 of the parameters) Uniform-{k}"),
-                            (f"narrow/serial/k{k}", f"H-LSTM narrow (1/4 of the parameters) serial L_rep, L_pred, L_CE, k={k}")):  # fmt: skip
+        for name, label in (
+            ("vlad/teacher", "NetVLAD teacher (all frames)"),
+            (f"vlad/uniform/k{k}", f"NetVLAD Uniform-{k}"),
+            (f"vlad/serial/k{k}", f"NetVLAD serial L_rep, L_pred, L_CE, k={k}"),
+            (f"narrow/uniform/k{k}", f"H-LSTM narrow (1/4 of the parameters) Uniform-{k}"),
+            (f"narrow/serial/k{k}", f"H-LSTM narrow (1/4 of the parameters) serial L_rep, L_pred, L_CE, k={k}"),
+        ):
             if name in r:
                 extra.append(f"| {label} | {r[name]['gap']:.3f} | {r[name]['map']:.3f} | {r[name]['parameters']:,} |")
         text = header + "\n".join(rows) + "\n"

@@ -33,8 +33,9 @@ def finetune(
         student=student,
         teacher_run=teacher_run,
         init_student=student_dir,
-        data=DataConfig(train=data, eval=eval_data, batch_size=batch_size,
-                        max_frames=teacher.frames if teacher else 300),
+        data=DataConfig(
+            train=data, eval=eval_data, batch_size=batch_size, max_frames=teacher.frames if teacher else 300
+        ),
         optimizer=OptimizerConfig(learning_rate=learning_rate),
         steps=steps,
         checkpoint_every=min(100, steps),

@@ -16,15 +16,12 @@ Differences from the public code of the paper, on purpose:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like every package __init__
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from vidistill.yt8m.loss import cross_entropy  # noqa: E402 - the official loss, L_CE
+from vidistill.yt8m.loss import cross_entropy  # the official loss, L_CE
 from vidistill.yt8m.errors import ConfigError
 
 __all__ = [
@@ -62,7 +59,9 @@ def representation_loss(teacher_repr, student_repr) -> tf.Tensor:
     t = _f32(teacher_repr)
     s = _f32(student_repr)
     _check_same_width(
-        t, s, "representation_loss(teacher_repr, student_repr)",
+        t,
+        s,
+        "representation_loss(teacher_repr, student_repr)",
         "; use a projection (a Dense layer on the student) to the teacher's representation width",
     )
     return tf.reduce_mean(tf.reduce_sum(tf.math.squared_difference(t, s), axis=-1))
@@ -240,7 +239,7 @@ class LossWeights:
         return "teacher" if self.ce == 0 and self.pred == 0 else "own"
 
     @classmethod
-    def preset(cls, name: str) -> "LossWeights":
+    def preset(cls, name: str) -> LossWeights:
         """Named weightings: "default" (the class defaults); "paper" (the unweighted sum, but L_REP once and
         L_PRED batch-mean); "nextvlad" (the third-party's reported stable weights taken literally:
         L_CE + 0.01 L_PRED + 0.001 L_REP - the most conservative choice, since here L_PRED is a batch mean)."""
@@ -250,7 +249,7 @@ class LossWeights:
             raise ConfigError(f"unknown LossWeights preset {name!r}; known: {sorted(_PRESETS)}") from None
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "LossWeights":
+    def from_dict(cls, d: Mapping) -> LossWeights:
         """Build from a config mapping; unknown keys are a ValueError naming them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)

@@ -15,7 +15,8 @@ built-in terms (L_CE, L_REP, L_PRED) take their weights from ``loss.ce / rep / p
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Mapping
+from typing import ClassVar
+from collections.abc import Mapping
 
 import tensorflow as tf
 
@@ -89,8 +90,9 @@ class LossTerm:
         """ValueError naming the term and the inputs it needs that `inputs` lacks."""
         missing = sorted(need for need in self.needs if inputs.get(need) is None)
         if missing:
-            raise ConfigError(f"loss term {self.name!r} needs {', '.join(missing)}, which this run does not give it"
-                             f"{self.hint}")  # fmt: skip
+            raise ConfigError(
+                f"loss term {self.name!r} needs {', '.join(missing)}, which this run does not give it{self.hint}"
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight:g})"
@@ -214,4 +216,3 @@ def weighted_sum(terms: list[LossTerm], inputs: LossInputs) -> tuple[dict[str, t
         values[term.name] = value = term.compute(term_inputs)
         total = total + term.weight * value
     return values, total
-

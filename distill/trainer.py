@@ -75,7 +75,11 @@ class Models:
     projection: keras.layers.Layer | None
 
     def checkpoint(self, **extra) -> tf.train.Checkpoint:
-        parts = {k: v for k, v in (("teacher", self.teacher), ("student", self.student), ("projection", self.projection)) if v}
+        parts = {
+            k: v
+            for k, v in (("teacher", self.teacher), ("student", self.student), ("projection", self.projection))
+            if v
+        }
         return tf.train.Checkpoint(**parts, **extra)
 
 
@@ -307,7 +311,12 @@ class Run:
         paths = self.manager.checkpoints[-last:]
         if len(paths) < 2:
             return ""
-        variables = [v for m in (self.models.teacher, self.models.student, self.models.projection) if m for v in m.trainable_variables]
+        variables = [
+            v
+            for m in (self.models.teacher, self.models.student, self.models.projection)
+            if m
+            for v in m.trainable_variables
+        ]
         total = [np.zeros(v.shape, np.float64) for v in variables]
         for path in paths:
             self.checkpoint.restore(path).expect_partial()
@@ -328,7 +337,6 @@ class Run:
         from vidistill.distill.evaluate import evaluate_model
 
         self.last_eval_step = step
-
 
         model = self.models.student if self.models.student is not None else self.models.teacher
         metrics = evaluate_model(

@@ -92,7 +92,9 @@ class ModelCard:
     def from_dict(cls, data: dict) -> ModelCard:
         data = dict(data)
         if data.get("card_version") != CARD_VERSION:
-            raise ConfigError(f"model card version {data.get('card_version')!r} is not {CARD_VERSION}: re-export the model")
+            raise ConfigError(
+                f"model card version {data.get('card_version')!r} is not {CARD_VERSION}: re-export the model"
+            )
         data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
         data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
         data["tolerance"] = Tolerance(**data["tolerance"])
@@ -122,7 +124,9 @@ def read_card(path: str) -> ModelCard:
     """The card of an ONNX file or SavedModel directory (pass the .onnx, the directory, or the .json path)."""
     path = card_path(path.rstrip("/")) if path.endswith(".onnx") or os.path.isdir(path) else path
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no model card {path}: export the model with `vidistill export` (it writes one per file)")
+        raise FileNotFoundError(
+            f"no model card {path}: export the model with `vidistill export` (it writes one per file)"
+        )
     try:
         with open(path) as f:
             data = json.load(f)

@@ -62,7 +62,6 @@ class ExportConfig:
         if missing:
             raise ConfigError(f"{', '.join(missing)} need(s) training records: give --calibration-data")
         if data and self.eval_data and data == self.eval_data:
-            raise ConfigError("--calibration-data must not be the held-out --eval-data (QAT trains on it): "
-                             "give training records")
-
-
+            raise ConfigError(
+                "--calibration-data must not be the held-out --eval-data (QAT trains on it): give training records"
+            )

@@ -111,8 +111,12 @@ def _versions() -> dict:
     import onnxruntime
     import tf2onnx
 
-    return {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    return {
+        "tensorflow": tf.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 class Exporter:
@@ -129,8 +133,9 @@ class Exporter:
             return self.fp32, [], None
         if name in ("fp16", "bf16"):
             available = available_providers()
-            model, blocked, verified = precision.lower_precision_for(self.fp32, name, self.config.target,
-                                                                     available=available)  # fmt: skip
+            model, blocked, verified = precision.lower_precision_for(
+                self.fp32, name, self.config.target, available=available
+            )
             notes = [f"made for the {self.config.target} provider; ops kept in float32: {', '.join(sorted(blocked))}"]
             if not verified:
                 notes.append(f"not loaded on {self.config.target} here (no such provider on the exporting machine)")
@@ -139,15 +144,19 @@ class Exporter:
             return quantize.quantize_dynamic(self.fp32), ["MatMul -> MatMulInteger, LSTM -> DynamicQuantizeLSTM"], None
         if name == "int8-static":
             model, batches = quantize.quantize_static(self.fp32, self._calibration_inputs())
-            return model, [f"QDQ, symmetric int8 on MatMul/Gemm, per-channel weights, percentile calibration on {batches} batches"], None
+            note = (
+                f"QDQ, symmetric int8 on MatMul/Gemm, per-channel weights, percentile calibration on {batches} batches"
+            )
+            return model, [note], None
         if name == "int8-qat":
             return self._qat()
         raise AssertionError(name)
 
     def _calibration_inputs(self) -> Iterator[dict[str, np.ndarray]]:
         pattern = self.config.calibration_data
-        batches = record_batches(pattern, self.source, self.config.batch_size,
-                                 self.config.calibration_batches * self.config.batch_size)  # fmt: skip
+        batches = record_batches(
+            pattern, self.source, self.config.batch_size, self.config.calibration_batches * self.config.batch_size
+        )
         for frames, num_frames, _ in batches:
             yield prepare_inputs(self.source, frames, num_frames)
 
@@ -156,11 +165,14 @@ class Exporter:
 
         model = qat.quantize_aware(self.source.network)
         dataset = qat.finetune_dataset(self.config.calibration_data, self.source, self.config.batch_size)
-        losses = qat.qat_finetune(model, dataset, steps=self.config.qat_steps,
-                                  learning_rate=self.config.qat_learning_rate)  # fmt: skip
+        losses = qat.qat_finetune(
+            model, dataset, steps=self.config.qat_steps, learning_rate=self.config.qat_learning_rate
+        )
         proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)
-        notes = [f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
-                 f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}"]  # fmt: skip
+        notes = [
+            f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
+            f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}"
+        ]
         return proto, notes, model
 
     # -- checking ------------------------------------------------------------------------------------------------
@@ -176,14 +188,27 @@ class Exporter:
     def _provisional_card(self, name: str, file: str) -> ModelCard:
         s = self.source
         return ModelCard(
-            precision=name, file=file, role=s.role, family=s.config.family, frames=s.frames, selection=s.selection,
-            classes=s.classes, feature_sizes={"rgb": RGB_SIZE, "audio": AUDIO_SIZE}, inputs=s.inputs(),
-            outputs=s.outputs(), parameters=int(s.network.count_params()), flops_per_video=int(model_flops(s.config)),
-            file_bytes=0, opset=self.config.opset if name in ONNX_PRECISIONS else 0,
+            precision=name,
+            file=file,
+            role=s.role,
+            family=s.config.family,
+            frames=s.frames,
+            selection=s.selection,
+            classes=s.classes,
+            feature_sizes={"rgb": RGB_SIZE, "audio": AUDIO_SIZE},
+            inputs=s.inputs(),
+            outputs=s.outputs(),
+            parameters=int(s.network.count_params()),
+            flops_per_video=int(model_flops(s.config)),
+            file_bytes=0,
+            opset=self.config.opset if name in ONNX_PRECISIONS else 0,
             tolerance=TOLERANCES[name],
-            reference=None if name == "fp32" else "fp32.onnx", model_config=s.model_config(), source=s.origin,
-            versions=_versions(), created=datetime.datetime.now().isoformat(timespec="seconds"),
-        )  # fmt: skip
+            reference=None if name == "fp32" else "fp32.onnx",
+            model_config=s.model_config(),
+            source=s.origin,
+            versions=_versions(),
+            created=datetime.datetime.now().isoformat(timespec="seconds"),
+        )
 
     def _check(self, card: ModelCard, run, tf_reference) -> None:
         """Parity against the TF model (or `tf_reference`, a network on the prepared inputs) and accuracy."""
@@ -201,13 +226,25 @@ class Exporter:
             total += float(error.sum())
             count += error.size
             predictions.append(scores)
-        card.parity = Parity(videos=held_out.videos, max_abs=max_abs, max_rel=max_rel, mean_abs=total / max(count, 1),
-                             passed=max_abs <= card.tolerance.max_abs)  # fmt: skip
+        card.parity = Parity(
+            videos=held_out.videos,
+            max_abs=max_abs,
+            max_rel=max_rel,
+            mean_abs=total / max(count, 1),
+            passed=max_abs <= card.tolerance.max_abs,
+        )
         if held_out.labeled:
             m = _metrics(predictions, held_out.labels, self.source.classes)
             reference_gap = held_out.reference_metrics["gap"]
-            card.accuracy = Accuracy(data=self.config.eval_data, videos=held_out.videos, hit_at_1=m["hit_at_one"],
-                                     perr=m["perr"], gap=m["gap"], map=m["map"], reference_gap=reference_gap)  # fmt: skip
+            card.accuracy = Accuracy(
+                data=self.config.eval_data,
+                videos=held_out.videos,
+                hit_at_1=m["hit_at_one"],
+                perr=m["perr"],
+                gap=m["gap"],
+                map=m["map"],
+                reference_gap=reference_gap,
+            )
             if held_out.videos < MIN_ACCURACY_VIDEOS:
                 card.notes.append(f"GAP drop not checked: {held_out.videos} held-out videos < {MIN_ACCURACY_VIDEOS}")
             elif reference_gap - m["gap"] > card.tolerance.gap_drop:
@@ -217,7 +254,9 @@ class Exporter:
     def run(self) -> list[ModelCard]:
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, "export.yaml"), "w") as f:
-            yaml.safe_dump({"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False)
+            yaml.safe_dump(
+                {"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False
+            )
         self.held_out = HeldOut(self.source, self.config)
         self.fp32 = onnx_export.convert(self.source.network, self.source.config, opset=self.config.opset)
         for name in tqdm(self.config.precisions, desc="export", unit="variant"):
@@ -243,9 +282,11 @@ class Exporter:
                 onnx_export.save_model(model, tmp)
                 provider = self._checking_provider(name)
                 if provider is None:
-                    card.notes.append(f"parity and accuracy not checked: made for the {self.config.target} provider, "
-                                      f"which is not on the exporting machine; `vidistill bench --providers "
-                                      f"{self.config.target}` checks it against fp32.onnx there")  # fmt: skip
+                    card.notes.append(
+                        f"parity and accuracy not checked: made for the {self.config.target} provider, "
+                        f"which is not on the exporting machine; `vidistill bench --providers "
+                        f"{self.config.target}` checks it against fp32.onnx there"
+                    )
                 else:
                     predictor = Predictor(tmp, card=card, provider=provider)
                     self._check(card, predictor.run, tf_reference)
@@ -272,11 +313,17 @@ def summary_rows(cards: list[ModelCard]) -> list[dict]:
     rows = []
     for card in cards:
         a, p = card.accuracy, card.parity
-        rows.append({
-            "precision": card.precision, "file": card.file, "MB": card.file_bytes / 1e6,
-            "max |err|": p.max_abs if p else None, "tolerance": card.tolerance.max_abs,
-            "GAP": a.gap if a else None, "mAP": a.map if a else None,
-            "dGAP vs TF": (a.gap - a.reference_gap) if a else None,
-            "passed": p.passed if p else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "precision": card.precision,
+                "file": card.file,
+                "MB": card.file_bytes / 1e6,
+                "max |err|": p.max_abs if p else None,
+                "tolerance": card.tolerance.max_abs,
+                "GAP": a.gap if a else None,
+                "mAP": a.map if a else None,
+                "dGAP vs TF": (a.gap - a.reference_gap) if a else None,
+                "passed": p.passed if p else None,
+            }
+        )
     return rows

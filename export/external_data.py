@@ -41,8 +41,14 @@ def split_weights(model: onnx.ModelProto | str, path: str) -> tuple[str, str]:
     location = data_file(path)
     tmp_graph, tmp_data = f"{path}.tmp", os.path.join(folder, f"{location}.tmp")
     try:
-        onnx.save_model(model, tmp_graph, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{location}.tmp", size_threshold=MIN_EXTERNAL_BYTES)  # fmt: skip
+        onnx.save_model(
+            model,
+            tmp_graph,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{location}.tmp",
+            size_threshold=MIN_EXTERNAL_BYTES,
+        )
         # the graph names the final data file: rename the location entries before the files move into place
         graph = onnx.load(tmp_graph, load_external_data=False)
         for tensor in _tensors(graph.graph):
@@ -129,8 +135,9 @@ def fill_weights(path: str, seed: int = 0) -> dict:
     for location, entries in layout.items():
         with atomic_write(os.path.join(folder, location), "wb") as f:
             for offset, length, tensor in sorted(entries, key=lambda e: e[0]):
-                data = random_values(tensor.name, list(tensor.dims), tensor.data_type, seed,
-                                     positive=tensor.name in positive)  # fmt: skip
+                data = random_values(
+                    tensor.name, list(tensor.dims), tensor.data_type, seed, positive=tensor.name in positive
+                )
                 if length is not None and int(length) != len(data):
                     raise ConfigError(f"{path}: tensor {tensor.name} should take {length} bytes, not {len(data)}")
                 f.seek(offset)

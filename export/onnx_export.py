@@ -125,6 +125,7 @@ def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelPr
 def _lengths_nodes(config: ModelConfig) -> tuple[list, list, dict[str, str]]:
     """ONNX nodes computing the sequence lengths from the graph input num_frames; returns (nodes, initializers,
     {which recurrent stack: lengths tensor name})."""
+
     def const(name, value, dtype=np.int32):
         return numpy_helper.from_array(np.asarray(value, dtype), f"vidistill_{name}")
 
@@ -136,8 +137,11 @@ def _lengths_nodes(config: ModelConfig) -> tuple[list, list, dict[str, str]]:
     ]
     if isinstance(config, HLSTMConfig):
         size, chunks = config.chunk_frames, config.chunks
-        inits += [const("chunk_starts", (np.arange(chunks) * size)[None]), const("chunk_size", size),
-                  const("flat", [-1], np.int64)]  # fmt: skip
+        inits += [
+            const("chunk_starts", (np.arange(chunks) * size)[None]),
+            const("chunk_size", size),
+            const("flat", [-1], np.int64),
+        ]
         nodes += [
             helper.make_node("Unsqueeze", [c("n"), c("axis1")], [c("n_col")]),
             helper.make_node("Sub", [c("n_col"), c("chunk_starts")], [c("left")]),
@@ -183,4 +187,3 @@ def save_model(proto: onnx.ModelProto, path: str) -> str:
     with atomic_write(path, "wb") as f:
         onnx.save(proto, f)
     return path
-

@@ -31,14 +31,37 @@ LOW = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 # completed by trial (see the module docstring).
 BLOCKED = {
     ("fp16", "cuda"): {"TopK"},
-    ("bf16", "cuda"): {"LSTM", "GRU", "RNN", "BatchNormalization", "Reciprocal", "ReduceL2", "ReduceMean",
-                       "ReduceMax", "TopK"},
+    ("bf16", "cuda"): {
+        "LSTM",
+        "GRU",
+        "RNN",
+        "BatchNormalization",
+        "Reciprocal",
+        "ReduceL2",
+        "ReduceMean",
+        "ReduceMax",
+        "TopK",
+    },
     ("fp16", "cpu"): {"LSTM", "GRU", "RNN", "TopK"},
     ("bf16", "cpu"): None,  # no bf16 arithmetic on CPU at all: every op but DATA_MOVEMENT is blocked
-}  # fmt: skip
+}
 # Ops that only move or reshape data: the CPU provider has bf16 kernels for these (measured, ONNX Runtime 1.31).
-DATA_MOVEMENT = {"Cast", "Concat", "Reshape", "Shape", "Slice", "Squeeze", "Unsqueeze", "Transpose", "Identity",
-                 "Flatten", "Gather", "Greater", "Min", "Sub"}  # fmt: skip
+DATA_MOVEMENT = {
+    "Cast",
+    "Concat",
+    "Reshape",
+    "Shape",
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Identity",
+    "Flatten",
+    "Gather",
+    "Greater",
+    "Min",
+    "Sub",
+}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
@@ -89,8 +112,9 @@ def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -
     initializers = {init.name: init for init in graph.initializer}
 
     def converts(node) -> bool:
-        if node.op_type in blocked or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                          for a in node.attribute):  # fmt: skip
+        if node.op_type in blocked or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+        ):
             return False
         return any(is_float(t) for t in [*node.input, *node.output] if t)
 
@@ -131,7 +155,11 @@ def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -
             for attr in node.attribute:  # ops whose output type an attribute fixes
                 if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
                     attr.i = low
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                if (
+                    attr.name == "value"
+                    and attr.type == onnx.AttributeProto.TENSOR
+                    and attr.t.data_type == TensorProto.FLOAT
+                ):
                     attr.t.CopyFrom(_low_initializer(attr.t, precision, attr.t.name))
             for name in node.output:
                 if is_float(name):
@@ -180,7 +208,7 @@ def lower_precision_for(
             options.log_severity_level = 3
             ort.InferenceSession(lowered.SerializeToString(), options, providers=[PROVIDERS[provider]])
             return lowered, blocked, True
-        except Exception as e:  # onnxruntime raises its own NOT_IMPLEMENTED / Fail types
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own NOT_IMPLEMENTED / Fail types
             missing = _MISSING_KERNEL.search(str(e))
             if missing is None or missing.group(1) in blocked:
                 raise ExportError(f"the {precision} model does not load on {provider}: {e}") from None

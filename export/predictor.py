@@ -23,6 +23,7 @@ from vidistill.yt8m.constants import FEATURE_SIZE, MAX_FRAMES
 from vidistill.yt8m.quantize import dequantize
 from vidistill.yt8m.errors import ConfigError
 
+
 def frames_to_read(model) -> int:
     """Frames to read per video for `model` (a ModelCard or an ExportSource: anything with `selection` and
     `frames`): a student selects from the whole video (up to 300 frames, or its k if larger); a teacher sees its
@@ -58,8 +59,9 @@ def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0):
     in file order, T = `frames_to_read(model)` (needs TensorFlow); at most `max_videos` videos (0: all)."""
     from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
-    ds = read_frame_dataset(pattern, num_classes=model.classes, max_frames=frames_to_read(model),
-                            batch_size=batch_size, deterministic=True)  # fmt: skip
+    ds = read_frame_dataset(
+        pattern, num_classes=model.classes, max_frames=frames_to_read(model), batch_size=batch_size, deterministic=True
+    )
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
     with data_errors():
@@ -110,8 +112,13 @@ class Predictor:
         """(ids, probabilities [B, C], labels [B, C]) per batch of frame-level tfrecords (needs TensorFlow)."""
         from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
-        ds = read_frame_dataset(pattern, num_classes=self.card.classes, max_frames=frames_to_read(self.card),
-                                batch_size=batch_size, deterministic=True)  # fmt: skip
+        ds = read_frame_dataset(
+            pattern,
+            num_classes=self.card.classes,
+            max_frames=frames_to_read(self.card),
+            batch_size=batch_size,
+            deterministic=True,
+        )
         with data_errors():
             for batch in ds.as_numpy_iterator():
                 scores = self.predict(batch["frames"], batch["num_frames"])["predictions"]

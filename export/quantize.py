@@ -67,7 +67,9 @@ class _Batches:
         pass
 
 
-def quantize_static(model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, int]:
+def quantize_static(
+    model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]
+) -> tuple[onnx.ModelProto, int]:
     """QDQ int8 with symmetric activations and weights; `calibration` yields {"frames", "num_frames"} batches.
     Returns (model, calibration batches read)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
@@ -82,7 +84,9 @@ def quantize_static(model: onnx.ModelProto, calibration: Iterable[dict[str, np.n
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its histogram settings
             ort_quantize_static(
-                prepared, target, reader,
+                prepared,
+                target,
+                reader,
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
@@ -90,7 +94,7 @@ def quantize_static(model: onnx.ModelProto, calibration: Iterable[dict[str, np.n
                 op_types_to_quantize=["MatMul", "Gemm"],
                 calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.999},
-            )  # fmt: skip
+            )
         if reader.count == 0:
             raise ConfigError("int8-static: the calibration data gave no batch")
         return onnx.load(target), reader.count

@@ -17,6 +17,7 @@ from vidistill.yt8m.constants import FEATURE_SIZE
 
 from vidistill.export.config import TF_PRECISIONS
 from vidistill.yt8m.errors import ConfigError
+
 _MIN_BF16_ELEMENTS = 64  # small constants (shapes, scalars, biases of tiny layers) stay float32
 
 

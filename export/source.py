@@ -54,10 +54,14 @@ class ExportSource:
             else f"the whole video, padded with zero rows (or cut) to {self.frames} frames"
         )
         return [
-            TensorSpec("frames", ["batch", self.frames, FEATURE_SIZE], "float32",
-                       f"dequantized rgb ({RGB_SIZE}) then audio ({AUDIO_SIZE}) features: {what}"),
+            TensorSpec(
+                "frames",
+                ["batch", self.frames, FEATURE_SIZE],
+                "float32",
+                f"dequantized rgb ({RGB_SIZE}) then audio ({AUDIO_SIZE}) features: {what}",
+            ),
             TensorSpec("num_frames", ["batch"], "int32", "real frames in each row of `frames` (0..frames)"),
-        ]  # fmt: skip
+        ]
 
     def outputs(self) -> list[TensorSpec]:
         return [

@@ -4,32 +4,60 @@ from __future__ import annotations
 
 import os
 
-from vidistill.teachers.config import HeadConfig, HLSTMConfig, ModelConfig, NetVLADConfig, NeXtVLADConfig, RNNConfig, load_config
+from vidistill.teachers.config import (
+    HeadConfig,
+    HLSTMConfig,
+    ModelConfig,
+    NetVLADConfig,
+    NeXtVLADConfig,
+    RNNConfig,
+    load_config,
+)
 from vidistill.yt8m.errors import ConfigError
 
 PRESETS: dict[str, ModelConfig] = {
     # reference sizes (models.md / paper.md): parameter counts asserted in tests
     "hlstm-paper": HLSTMConfig(num_classes=4716, frames=300, chunks=20, lower_cells=1024, upper_cells=1024),
     "netvlad-willow": NetVLADConfig(
-        num_classes=3862, frames=300, pooling="netvlad", clusters=256, hidden=1024, context_gating=True,
+        num_classes=3862,
+        frames=300,
+        pooling="netvlad",
+        clusters=256,
+        hidden=1024,
+        context_gating=True,
         head=HeadConfig(kind="moe", mixtures=2, probability_gating=True),
     ),
     "nextvlad-paper": NeXtVLADConfig(
-        num_classes=3862, frames=300, expansion=2, groups=8, clusters=128, hidden=2048, se_reduction=8,
+        num_classes=3862,
+        frames=300,
+        expansion=2,
+        groups=8,
+        clusters=128,
+        hidden=2048,
+        se_reduction=8,
         head=HeadConfig(kind="logistic"),
     ),
     "lstm-starter": RNNConfig(num_classes=3862, frames=300, cell="lstm", cells=1024, layers=2),
     # CPU-sized: train in minutes on 2 cores on the synthetic data (100 classes by default)
-    "hlstm-small": HLSTMConfig(num_classes=100, frames=300, chunks=20, lower_cells=128, upper_cells=128,
-                               lower_layers=1, upper_layers=1),
-    "netvlad-small": NetVLADConfig(num_classes=100, frames=300, clusters=16, hidden=256,
-                                   head=HeadConfig(kind="moe", mixtures=2)),
-    "nextvlad-small": NeXtVLADConfig(num_classes=100, frames=300, expansion=1, groups=4, clusters=16, hidden=256,
-                                     se_reduction=4,
-                                     head=HeadConfig(kind="logistic")),
+    "hlstm-small": HLSTMConfig(
+        num_classes=100, frames=300, chunks=20, lower_cells=128, upper_cells=128, lower_layers=1, upper_layers=1
+    ),
+    "netvlad-small": NetVLADConfig(
+        num_classes=100, frames=300, clusters=16, hidden=256, head=HeadConfig(kind="moe", mixtures=2)
+    ),
+    "nextvlad-small": NeXtVLADConfig(
+        num_classes=100,
+        frames=300,
+        expansion=1,
+        groups=4,
+        clusters=16,
+        hidden=256,
+        se_reduction=4,
+        head=HeadConfig(kind="logistic"),
+    ),
     "lstm-small": RNNConfig(num_classes=100, frames=300, cell="lstm", cells=128, layers=1),
     "gru-small": RNNConfig(num_classes=100, frames=300, cell="gru", cells=128, layers=1),
-}  # fmt: skip
+}
 
 
 def resolve(name_or_path: str) -> ModelConfig:

@@ -118,7 +118,11 @@ def stacked_rnn_macs(cell: str, inputs: int, cells: int, layers: int) -> int:
 def hlstm_flops(config: HLSTMConfig) -> int:
     """Lower LSTM over every frame slot of every chunk, upper LSTM over the chunks, then the head."""
     lower_state = 2 * config.lower_layers * config.lower_cells
-    lower = config.chunk_frames * config.chunks * stacked_rnn_macs("lstm", FEATURE_SIZE, config.lower_cells, config.lower_layers)
+    lower = (
+        config.chunk_frames
+        * config.chunks
+        * stacked_rnn_macs("lstm", FEATURE_SIZE, config.lower_cells, config.lower_layers)
+    )
     upper = config.chunks * stacked_rnn_macs("lstm", lower_state, config.upper_cells, config.upper_layers)
     width = 2 * config.upper_layers * config.upper_cells
     return 2 * (lower + upper) + head_flops(width, config.num_classes, config.head)

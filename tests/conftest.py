@@ -19,7 +19,8 @@ TINY_FRAMES = 30
 
 @dataclasses.dataclass(frozen=True)
 class SynthData:
-    """A folder written by `vidistill synth`: `train` / `heldout` are glob patterns of its records (train-*, validate-*)."""
+    """A folder written by `vidistill synth`: `train` / `heldout` are glob patterns of its records (train-*,
+    validate-*)."""
 
     root: str
 
@@ -41,14 +42,41 @@ def synth_data(tmp_path_factory):
 
     made: dict[tuple, SynthData] = {}
 
-    def make(*, videos: int = 24, heldout: int = 8, classes: int = TINY_CLASSES, min_frames: int = TINY_FRAMES,
-             max_frames: int = TINY_FRAMES, shards: int = 1, seed: int = 0, segments: bool = False) -> SynthData:  # fmt: skip
+    def make(
+        *,
+        videos: int = 24,
+        heldout: int = 8,
+        classes: int = TINY_CLASSES,
+        min_frames: int = TINY_FRAMES,
+        max_frames: int = TINY_FRAMES,
+        shards: int = 1,
+        seed: int = 0,
+        segments: bool = False,
+    ) -> SynthData:
         key = (videos, heldout, classes, min_frames, max_frames, shards, seed, segments)
         if key not in made:
             out = tmp_path_factory.mktemp("synth")
-            argv = ["synth", "--out", str(out), "--videos", str(videos), "--heldout", str(heldout),
-                    "--classes", str(classes), "--min-frames", str(min_frames), "--max-frames", str(max_frames),
-                    "--shards", str(shards), "--seed", str(seed), "--workers", "1"]  # fmt: skip
+            argv = [
+                "synth",
+                "--out",
+                str(out),
+                "--videos",
+                str(videos),
+                "--heldout",
+                str(heldout),
+                "--classes",
+                str(classes),
+                "--min-frames",
+                str(min_frames),
+                "--max-frames",
+                str(max_frames),
+                "--shards",
+                str(shards),
+                "--seed",
+                str(seed),
+                "--workers",
+                "1",
+            ]
             if segments:
                 argv.append("--segments")
             assert main(argv) == 0
@@ -63,5 +91,12 @@ def tiny_teacher():
     """An H-LSTM of 8 cells, 4 classes, 30 frames: seconds to train a few steps."""
     from vidistill.teachers.config import HLSTMConfig
 
-    return HLSTMConfig(num_classes=TINY_CLASSES, frames=TINY_FRAMES, chunks=3, lower_cells=8, upper_cells=8,
-                       lower_layers=1, upper_layers=1)  # fmt: skip
+    return HLSTMConfig(
+        num_classes=TINY_CLASSES,
+        frames=TINY_FRAMES,
+        chunks=3,
+        lower_cells=8,
+        upper_cells=8,
+        lower_layers=1,
+        upper_layers=1,
+    )

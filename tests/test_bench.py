@@ -46,9 +46,10 @@ def _onnx_model(w: np.ndarray, p: np.ndarray, batch="batch"):
         helper.make_tensor_value_info("representation", TensorProto.FLOAT, [batch, E]),
     ]
     initializers = [
-        numpy_helper.from_array(w, "w"), numpy_helper.from_array(p, "p"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(p, "p"),
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-    ]  # fmt: skip
+    ]
     nodes = [
         helper.make_node("ReduceSum", ["frames", "axis1"], ["total"], keepdims=0),
         helper.make_node("Cast", ["num_frames"], ["count"], to=TensorProto.FLOAT),
@@ -67,14 +68,27 @@ def _onnx_model(w: np.ndarray, p: np.ndarray, batch="batch"):
 def _card(precision: str, file: str, reference: str | None, gap: float | None = None) -> ModelCard:
     accuracy = Accuracy(data="synthetic", videos=100, hit_at_1=gap, perr=gap, gap=gap, map=gap - 0.1) if gap else None
     return ModelCard(
-        precision=precision, file=file, role="student", family="tiny", frames=T, selection=None, classes=C,
+        precision=precision,
+        file=file,
+        role="student",
+        family="tiny",
+        frames=T,
+        selection=None,
+        classes=C,
         feature_sizes={"rgb": 1024, "audio": 128},
         inputs=[TensorSpec("frames", ["batch", T, F], "float32"), TensorSpec("num_frames", ["batch"], "int32")],
-        outputs=[TensorSpec("predictions", ["batch", C], "float32"),
-                 TensorSpec("representation", ["batch", E], "float32")],
-        parameters=F * (C + E), flops_per_video=FLOPS, file_bytes=0, opset=17,
-        tolerance=Tolerance(max_abs=TOLERANCE, gap_drop=0.005), reference=reference, accuracy=accuracy,
-    )  # fmt: skip
+        outputs=[
+            TensorSpec("predictions", ["batch", C], "float32"),
+            TensorSpec("representation", ["batch", E], "float32"),
+        ],
+        parameters=F * (C + E),
+        flops_per_video=FLOPS,
+        file_bytes=0,
+        opset=17,
+        tolerance=Tolerance(max_abs=TOLERANCE, gap_drop=0.005),
+        reference=reference,
+        accuracy=accuracy,
+    )
 
 
 def _write(directory, precision: str, model, gap: float | None, reference: str | None = "fp32.onnx"):
@@ -100,13 +114,18 @@ def models(tmp_path_factory):
     student = root / "student"
     paths = {
         "fp32": _write(student, "fp32", _onnx_model(w, p), GAPS["fp32"]),
-        "int8": _write(student, "int8-dynamic", _onnx_model(w + rng.normal(0, 1e-4, w.shape).astype(np.float32), p),
-                       GAPS["int8-dynamic"]),
-        "wrong": _write(student, "fp16", _onnx_model(w + rng.normal(0, 0.5, w.shape).astype(np.float32), p),
-                        GAPS["fp16"]),
+        "int8": _write(
+            student,
+            "int8-dynamic",
+            _onnx_model(w + rng.normal(0, 1e-4, w.shape).astype(np.float32), p),
+            GAPS["int8-dynamic"],
+        ),
+        "wrong": _write(
+            student, "fp16", _onnx_model(w + rng.normal(0, 0.5, w.shape).astype(np.float32), p), GAPS["fp16"]
+        ),
         "broken": _write(root / "broken", "fp32", b"this is not an ONNX file", 0.7),
         "static": _write(root / "static", "fp32", _onnx_model(w, p, batch=1), None),
-    }  # fmt: skip
+    }
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -136,8 +155,7 @@ def test_timed_runs_counts_and_rotation():
 
     latencies = timed_runs(lambda i: time.sleep(0.002), warmup=0, runs=None, duration=0.02, min_runs=4)
     assert len(latencies) >= 4 and sum(latencies) >= 4 * 0.002
-    capped = timed_runs(lambda i: time.sleep(0.004), warmup=0, runs=None, duration=0.01, min_runs=10_000,
-                        time_cap=0.04)  # fmt: skip
+    capped = timed_runs(lambda i: time.sleep(0.004), warmup=0, runs=None, duration=0.01, min_runs=10_000, time_cap=0.04)
     assert 3 <= len(capped) < 100
 
 
@@ -156,21 +174,25 @@ def test_parse_profile_counts_cpu_fallbacks_and_times_the_last_run():
 
     events = [
         {"cat": "Session", "name": "model_run", "ts": 0, "args": {}},
-        node("mm", "MatMul", "CUDAExecutionProvider", 1, 9000), node("sig", "Sigmoid", "CUDAExecutionProvider", 2, 10),
+        node("mm", "MatMul", "CUDAExecutionProvider", 1, 9000),
+        node("sig", "Sigmoid", "CUDAExecutionProvider", 2, 10),
         node("topk", "TopK", "CPUExecutionProvider", 3, 10, [{"float": [1, 20]}, {"int64": [1, 20]}]),
         node("untyped", "Slice", "CPUExecutionProvider", 4, 10),
         # what the GPU run showed: the LSTMs' initial-state shapes, computed on the CPU (integer outputs only)
         node("shape_cast", "Cast", "CPUExecutionProvider", 5, 10, [{"int32": [3]}]),
         node("zeros_dims", "Concat", "CPUExecutionProvider", 6, 10, [{"int64": [2]}]),
         {"cat": "Session", "name": "model_run", "ts": 100, "args": {}},  # the second run: its times count
-        node("mm", "MatMul", "CUDAExecutionProvider", 101, 3000), node("topk", "TopK", "CPUExecutionProvider", 102, 1000),
-    ]  # fmt: skip
+        node("mm", "MatMul", "CUDAExecutionProvider", 101, 3000),
+        node("topk", "TopK", "CPUExecutionProvider", 102, 1000),
+    ]
     placement = parse_profile(events, "CUDAExecutionProvider")
     assert placement == {
         "nodes": {"CUDAExecutionProvider": 2, "CPUExecutionProvider": 4},
-        "fallbacks": 2, "fallback_ops": {"TopK": 1, "Slice": 1}, "shape_ops": 2,
+        "fallbacks": 2,
+        "fallback_ops": {"TopK": 1, "Slice": 1},
+        "shape_ops": 2,
         "op_ms": {"MatMul": 3.0, "TopK": 1.0},
-    }  # fmt: skip
+    }
     assert placement_summary(placement) == ("CPU 4, CUDA 2", 2, "TopK x1, Slice x1", 2)
     on_cpu = parse_profile(events, "CPUExecutionProvider")
     assert on_cpu["fallbacks"] == 0 and on_cpu["shape_ops"] == 0
@@ -188,8 +210,10 @@ def test_unknown_provider_is_an_error_before_anything_runs(models, tmp_path, cap
         "vidistill bench: error: unknown provider 'rocm': choose from cpu, cuda, tensorrt (comma-separated), or auto"
     ]
     assert not report.exists()
-    for flag, value, message in (("--min-runs", "0", "--min-runs must be at least 1, not 0"),
-                                 ("--time-cap", "-1", "--time-cap must be positive, not -1.0")):  # fmt: skip
+    for flag, value, message in (
+        ("--min-runs", "0", "--min-runs must be at least 1, not 0"),
+        ("--time-cap", "-1", "--time-cap must be positive, not -1.0"),
+    ):
         assert main(["bench", models["fp32"], flag, value, "--report", str(report)]) == 2
         assert capsys.readouterr().err.strip() == f"vidistill bench: error: {message}"
         assert not report.exists()
@@ -199,9 +223,16 @@ def test_bench_onnx_rows_report_and_failures(models, tmp_path):
     report = tmp_path / "report"
     order = ["fp32", "int8", "wrong", "broken", "static"]
     config = BenchConfig(
-        models=[models[k] for k in order], providers=["cpu", "cuda"], batches=[1, 2], runs=4, warmup=1,
-        input_sets=3, peak_size=64, report=str(report), command="test",
-    )  # fmt: skip
+        models=[models[k] for k in order],
+        providers=["cpu", "cuda"],
+        batches=[1, 2],
+        runs=4,
+        warmup=1,
+        input_sets=3,
+        peak_size=64,
+        report=str(report),
+        command="test",
+    )
     rows, bench = run_benchmark(config, progress=False)
     by = {(r["model"], r["batch"]): r for r in rows}
     labels = {k: f"{os.path.basename(os.path.dirname(models[k]))}/{os.path.basename(models[k])[:-5]}" for k in order}
@@ -270,8 +301,15 @@ def test_interrupted_run_keeps_measured_rows(models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Benchmark, "_bench_cell", interrupt_at_int8)
     report = tmp_path / "report"
-    config = BenchConfig(models=[models["fp32"], models["int8"]], providers=["cpu"], batches=[1, 2], runs=2,
-                         warmup=0, peak_size=64, report=str(report))  # fmt: skip
+    config = BenchConfig(
+        models=[models["fp32"], models["int8"]],
+        providers=["cpu"],
+        batches=[1, 2],
+        runs=2,
+        warmup=0,
+        peak_size=64,
+        report=str(report),
+    )
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(config, progress=False)
     rows = [json.loads(line) for line in (report / "rows.jsonl").read_text().splitlines()]
@@ -314,8 +352,12 @@ def test_saved_model_runner_against_fp32_onnx(models, tmp_path):
         def __init__(self):
             self.w, self.p = tf.Variable(w), tf.Variable(p)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, F], tf.float32, name="frames"),
-                                      tf.TensorSpec([None], tf.int32, name="num_frames")])  # fmt: skip
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, F], tf.float32, name="frames"),
+                tf.TensorSpec([None], tf.int32, name="num_frames"),
+            ]
+        )
         def serve(self, frames, num_frames):
             mean = tf.reduce_sum(frames, axis=1) / tf.cast(num_frames, tf.float32)[:, None]
             return {"predictions": tf.sigmoid(mean @ self.w), "representation": mean @ self.p}
@@ -325,9 +367,15 @@ def test_saved_model_runner_against_fp32_onnx(models, tmp_path):
     write_card(_card("tf-fp32", "tf-fp32", "fp32.onnx", 0.80), str(folder / "tf-fp32.json"))
 
     config = BenchConfig(
-        models=[str(folder / "fp32.onnx"), str(folder / "tf-fp32")], providers=["cpu"], batches=[2], runs=3,
-        warmup=1, peak_size=64, report=str(tmp_path / "report"), baseline="tf-fp32",
-    )  # fmt: skip
+        models=[str(folder / "fp32.onnx"), str(folder / "tf-fp32")],
+        providers=["cpu"],
+        batches=[2],
+        runs=3,
+        warmup=1,
+        peak_size=64,
+        report=str(tmp_path / "report"),
+        baseline="tf-fp32",
+    )
     rows, _ = run_benchmark(config, progress=False)
     onnx_row, tf_row = rows
     assert tf_row["model"] == "student/tf-fp32" and tf_row["kind"] == "savedmodel" and tf_row["mode"] == "tf"

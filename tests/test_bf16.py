@@ -9,15 +9,15 @@ import os
 import numpy as np
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tensorflow as tf
+import tf_keras as keras
 
-from vidistill.distill.config import DataConfig, TrainConfig, load_train_config  # noqa: E402
-from vidistill.distill.trainer import Run, build_models, restore_models  # noqa: E402
-from vidistill.students.student import student_config  # noqa: E402
-from vidistill.teachers.config import HLSTMConfig  # noqa: E402
-from vidistill.teachers.heads import ClassifierHead  # noqa: E402
-from vidistill.cli import main  # noqa: E402
+from vidistill.distill.config import DataConfig, TrainConfig, load_train_config
+from vidistill.distill.trainer import Run, build_models, restore_models
+from vidistill.students.student import student_config
+from vidistill.teachers.config import HLSTMConfig
+from vidistill.teachers.heads import ClassifierHead
+from vidistill.cli import main
 
 CLASSES = 4
 FRAMES = 30
@@ -45,8 +45,30 @@ def _loss_events(run_dir) -> list[tuple[int, float]]:
 
 def test_bf16_run_trains_with_float32_variables_and_restores_into_float32(tmp_path, monkeypatch):
     data = tmp_path / "data"
-    assert main(["synth", "--out", str(data), "--videos", "16", "--heldout", "4", "--classes", str(CLASSES),
-                 "--min-frames", "30", "--max-frames", str(FRAMES), "--shards", "1", "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(data),
+                "--videos",
+                "16",
+                "--heldout",
+                "4",
+                "--classes",
+                str(CLASSES),
+                "--min-frames",
+                "30",
+                "--max-frames",
+                str(FRAMES),
+                "--shards",
+                "1",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
 
     # what the classifier heads compute in while training: their policy and the dtype of what they read
     seen: list[tuple[str, str, tf.DType]] = []
@@ -59,10 +81,15 @@ def test_bf16_run_trains_with_float32_variables_and_restores_into_float32(tmp_pa
     monkeypatch.setattr(ClassifierHead, "call", spy)
 
     config = TrainConfig(
-        mode="parallel", teacher=TEACHER, student=student_config(TEACHER, k=6),
+        mode="parallel",
+        teacher=TEACHER,
+        student=student_config(TEACHER, k=6),
         data=DataConfig(train=str(data / "train-*.tfrecord"), max_frames=FRAMES, batch_size=4, shuffle_buffer=16),
-        steps=STEPS, checkpoint_every=STEPS, eval_every=0, mixed_precision=True,
-    )  # fmt: skip
+        steps=STEPS,
+        checkpoint_every=STEPS,
+        eval_every=0,
+        mixed_precision=True,
+    )
     run_dir = tmp_path / "run"
     run = Run(config, str(run_dir))
     assert keras.mixed_precision.global_policy().name == "float32"  # the policy applied only while building
@@ -88,7 +115,10 @@ def test_bf16_run_trains_with_float32_variables_and_restores_into_float32(tmp_pa
     assert [step for step, _ in losses] == list(range(1, STEPS + 1)), losses
     assert all(math.isfinite(loss) and loss > 0 for _, loss in losses), losses
     # mixed-precision outputs: bfloat16 representation, float32-castable probabilities in [0, 1]
-    batch = {"frames": tf.random.stateless_normal((3, FRAMES, 1152), seed=(1, 2)), "num_frames": tf.constant([30, 25, 30])}
+    batch = {
+        "frames": tf.random.stateless_normal((3, FRAMES, 1152), seed=(1, 2)),
+        "num_frames": tf.constant([30, 25, 30]),
+    }
     mixed = run.models.student(batch, training=False)
     assert mixed["representation"].dtype == tf.bfloat16
 

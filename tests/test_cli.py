@@ -35,9 +35,26 @@ def data(tmp_path_factory):
     """Plain synthetic data written by `vidistill synth` (one process)."""
     out = tmp_path_factory.mktemp("data")
     code = main(
-        ["synth", "--out", str(out), "--videos", str(VIDEOS), "--classes", str(CLASSES), "--seed", "5",
-         "--min-frames", "30", "--max-frames", "40", "--shards", "2", "--workers", "1"]
-    )  # fmt: skip
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--videos",
+            str(VIDEOS),
+            "--classes",
+            str(CLASSES),
+            "--seed",
+            "5",
+            "--min-frames",
+            "30",
+            "--max-frames",
+            "40",
+            "--shards",
+            "2",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     return out
 
@@ -46,9 +63,27 @@ def data(tmp_path_factory):
 def segment_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("segments")
     code = main(
-        ["synth", "--out", str(out), "--videos", "10", "--heldout", "30", "--classes", str(CLASSES), "--segments",
-         "--min-frames", "30", "--max-frames", "50", "--shards", "1", "--workers", "1"]
-    )  # fmt: skip
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--videos",
+            "10",
+            "--heldout",
+            "30",
+            "--classes",
+            str(CLASSES),
+            "--segments",
+            "--min-frames",
+            "30",
+            "--max-frames",
+            "50",
+            "--shards",
+            "1",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     return out
 
@@ -57,9 +92,18 @@ def segment_data(tmp_path_factory):
 def predictions(data, tmp_path_factory):
     path = tmp_path_factory.mktemp("baseline") / "preds.csv"
     code = main(
-        ["baseline", "--train", str(data / "train-*.tfrecord"), "--data", str(data / "validate-*.tfrecord"),
-         "--out", str(path), "--num-classes", str(CLASSES)]
-    )  # fmt: skip
+        [
+            "baseline",
+            "--train",
+            str(data / "train-*.tfrecord"),
+            "--data",
+            str(data / "validate-*.tfrecord"),
+            "--out",
+            str(path),
+            "--num-classes",
+            str(CLASSES),
+        ]
+    )
     assert code == 0
     return path
 
@@ -68,9 +112,12 @@ def test_synth_writes_what_it_says(data):
     import yaml
 
     assert sorted(os.listdir(data)) == [
-        "classes.csv", "synth.yaml", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+        "classes.csv",
+        "synth.yaml",
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
         "validate-00000-of-00001.tfrecord",
-    ]  # fmt: skip
+    ]
     saved = yaml.safe_load((data / "synth.yaml").read_text())["synth"]
     assert (saved["videos"], saved["heldout"], saved["classes"], saved["seed"]) == (VIDEOS, 8, CLASSES, 5)
     assert (saved["min_frames"], saved["max_frames"], saved["shards"], saved["segments"]) == (30, 40, 2, False)
@@ -119,9 +166,16 @@ def test_score_counts_missing_predictions(data, predictions, tmp_path, capsys):
     partial = tmp_path / "partial.csv"
     partial.write_text("\n".join(lines[:-3]) + "\n")
     code, out, err = _run(
-        capsys, "score", "--predictions", partial, "--data", data / "validate-*.tfrecord", "--num-classes", CLASSES,
+        capsys,
+        "score",
+        "--predictions",
+        partial,
+        "--data",
+        data / "validate-*.tfrecord",
+        "--num-classes",
+        CLASSES,
         "--json",
-    )  # fmt: skip
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["num_videos"] == 8 and result["videos_without_prediction"] == 3
@@ -169,9 +223,17 @@ def test_score_segments(segment_data, tmp_path, capsys):
     reversed_csv = tmp_path / "reversed.csv"
     _write_ranking(reversed_csv, rated, lambda score: 1.0 - score / 2)  # negatives first
     code, out, err = _run(
-        capsys, "score", "--segments", "--predictions", reversed_csv, "--data", validate, "--num-classes", CLASSES,
+        capsys,
+        "score",
+        "--segments",
+        "--predictions",
+        reversed_csv,
+        "--data",
+        validate,
+        "--num-classes",
+        CLASSES,
         "--json",
-    )  # fmt: skip
+    )
     assert code == 0, err
     result = json.loads(out)
     assert 0.0 < result["map"] < 1.0
@@ -182,9 +244,16 @@ def test_score_segments_needs_segment_data(data, tmp_path, capsys):
     csv_path = tmp_path / "segments.csv"
     csv_path.write_text("Class,Segments\n0,t0000000:0\n")
     code, _, err = _run(
-        capsys, "score", "--segments", "--predictions", csv_path, "--data", data / "validate-*.tfrecord",
-        "--num-classes", CLASSES,
-    )  # fmt: skip
+        capsys,
+        "score",
+        "--segments",
+        "--predictions",
+        csv_path,
+        "--data",
+        data / "validate-*.tfrecord",
+        "--num-classes",
+        CLASSES,
+    )
     assert code == 2
     _assert_one_line_error(err, "score", "segment ratings")
 
@@ -195,8 +264,23 @@ def test_synth_refuses_existing_records(tmp_path, capsys):
     out.mkdir()
     (out / "train-00000-of-00001.tfrecord").write_bytes(b"old")
     (out / "validate-00000-of-00001.tfrecord").write_bytes(b"old")
-    argv = ["synth", "--out", out, "--videos", 4, "--classes", 4, "--min-frames", 30, "--max-frames", 30,
-            "--shards", 1, "--workers", 1]  # fmt: skip
+    argv = [
+        "synth",
+        "--out",
+        out,
+        "--videos",
+        4,
+        "--classes",
+        4,
+        "--min-frames",
+        30,
+        "--max-frames",
+        30,
+        "--shards",
+        1,
+        "--workers",
+        1,
+    ]
     code, _, err = _run(capsys, *argv)
     assert code == 2
     _assert_one_line_error(err, "synth", str(out), "2 .tfrecord file(s)", "--overwrite")
@@ -309,8 +393,17 @@ def test_baseline_on_a_truncated_file_fails_or_skips_with_a_count(data, tmp_path
     blob = broken.read_bytes()
     broken.write_bytes(blob[: len(blob) - 500])
     out = tmp_path / "preds.csv"
-    argv = ["baseline", "--train", broken, "--data", data / "validate-*.tfrecord", "--out", out,
-            "--num-classes", CLASSES]  # fmt: skip
+    argv = [
+        "baseline",
+        "--train",
+        broken,
+        "--data",
+        data / "validate-*.tfrecord",
+        "--out",
+        out,
+        "--num-classes",
+        CLASSES,
+    ]
     code, _, err = _run(capfd, *argv)
     assert code == 2 and not out.exists()
     err = "\n".join(line for line in err.splitlines() if line.startswith("vidistill"))  # fd 2 also has TF logs

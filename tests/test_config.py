@@ -13,15 +13,19 @@ from vidistill.teachers.config import load_config
 CASES = {
     "steps: ten": ("train:\n  steps: ten\n", "train.steps must be an integer, got 'ten'"),
     "steps: 5.5": ("train:\n  steps: 5.5\n", "train.steps must be an integer, got 5.5"),
-    "learning_rate: fast": ("train:\n  optimizer:\n    learning_rate: fast\n",
-                            "train.optimizer.learning_rate must be a number, got 'fast'"),
+    "learning_rate: fast": (
+        "train:\n  optimizer:\n    learning_rate: fast\n",
+        "train.optimizer.learning_rate must be a number, got 'fast'",
+    ),
     'batch_size: "8"': ('train:\n  data:\n    batch_size: "8"\n', "train.data.batch_size must be an integer, got '8'"),
     "mixed_precision: 1": ("train:\n  mixed_precision: 1\n", "train.mixed_precision must be true or false, got 1"),
-    "a head option": ("train:\n  teacher: {family: hlstm, num_classes: 5, frames: 10, chunks: 2, head: {mixtures: two}}\n",
-                      "hlstm.head.mixtures must be an integer, got 'two'"),
+    "a head option": (
+        "train:\n  teacher: {family: hlstm, num_classes: 5, frames: 10, chunks: 2, head: {mixtures: two}}\n",
+        "hlstm.head.mixtures must be an integer, got 'two'",
+    ),
     "a YAML syntax error": ("train:\n  steps: [1\n", "not valid YAML (line 3, column 1)"),
     "a list": ("- 1\n- 2\n", "expected a mapping of options, got list"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -41,7 +45,9 @@ def test_a_bad_config_file_is_one_line_naming_the_file_and_the_option(case, tmp_
 
 def test_numbers_written_as_yaml_strings_are_taken_for_float_options(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("train:\n  optimizer:\n    learning_rate: 1e-3\n  loss:\n    rep: 2\n")  # YAML reads 1e-3 as a string
+    path.write_text(
+        "train:\n  optimizer:\n    learning_rate: 1e-3\n  loss:\n    rep: 2\n"
+    )  # YAML reads 1e-3 as a string
     config = load_train_config(str(path))
     assert config.optimizer.learning_rate == 0.001 and config.loss.rep == 2
 

@@ -24,13 +24,13 @@ import pytest
 import yaml
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from vidistill.distill.config import DataConfig, TrainConfig, load_train_config  # noqa: E402
-from vidistill.distill.trainer import Run, TrainingError  # noqa: E402
-from vidistill.students.student import student_config  # noqa: E402
-from vidistill.teachers.config import HLSTMConfig, save_config  # noqa: E402
-from vidistill.cli import main  # noqa: E402
+from vidistill.distill.config import DataConfig, TrainConfig, load_train_config
+from vidistill.distill.trainer import Run, TrainingError
+from vidistill.students.student import student_config
+from vidistill.teachers.config import HLSTMConfig, save_config
+from vidistill.cli import main
 
 CLASSES = 6
 FRAMES = 40  # the data's (and the teacher's) max_frames
@@ -112,9 +112,26 @@ def data(work):
     """48 training videos (2 shards) + 9 held out, 30-40 frames, 6 classes."""
     out = work / "data"
     code = main(
-        ["synth", "--out", str(out), "--videos", "48", "--classes", str(CLASSES), "--seed", "3",
-         "--min-frames", "30", "--max-frames", str(FRAMES), "--shards", "2", "--workers", "1"]
-    )  # fmt: skip
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--videos",
+            "48",
+            "--classes",
+            str(CLASSES),
+            "--seed",
+            "3",
+            "--min-frames",
+            "30",
+            "--max-frames",
+            str(FRAMES),
+            "--shards",
+            "2",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     return {"train": str(out / "train-*.tfrecord"), "eval": str(out / "validate-*.tfrecord")}
 
@@ -133,34 +150,110 @@ def parallel_run(work, data, model_yaml):
     config = work / "lr.yaml"
     config.write_text(yaml.safe_dump({"train": {"optimizer": {"learning_rate": 0.01}}}))
     out = work / "parallel"
-    _train("--config", config, "--teacher", model_yaml, "--frames", K, "--data", data["train"],
-           "--eval-data", data["eval"], "--out", out, "--steps", 60, "--batch-size", 8, "--checkpoint-every", 30,
-           "--eval-every", 60)  # fmt: skip
+    _train(
+        "--config",
+        config,
+        "--teacher",
+        model_yaml,
+        "--frames",
+        K,
+        "--data",
+        data["train"],
+        "--eval-data",
+        data["eval"],
+        "--out",
+        out,
+        "--steps",
+        60,
+        "--batch-size",
+        8,
+        "--checkpoint-every",
+        30,
+        "--eval-every",
+        60,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def teacher_run(work, data, model_yaml):
     out = work / "teacher"
-    _train("--mode", "teacher", "--teacher", model_yaml, "--data", data["train"], "--eval-data", data["eval"],
-           "--out", out, "--steps", 10, "--batch-size", 8, "--checkpoint-every", 5, "--eval-every", 10)  # fmt: skip
+    _train(
+        "--mode",
+        "teacher",
+        "--teacher",
+        model_yaml,
+        "--data",
+        data["train"],
+        "--eval-data",
+        data["eval"],
+        "--out",
+        out,
+        "--steps",
+        10,
+        "--batch-size",
+        8,
+        "--checkpoint-every",
+        5,
+        "--eval-every",
+        10,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def serial_run(work, data, teacher_run):
     out = work / "serial"
-    _train("--teacher-run", teacher_run, "--frames", K, "--data", data["train"], "--eval-data", data["eval"],
-           "--out", out, "--steps", 10, "--batch-size", 8, "--checkpoint-every", 5, "--eval-every", 10)  # fmt: skip
+    _train(
+        "--teacher-run",
+        teacher_run,
+        "--frames",
+        K,
+        "--data",
+        data["train"],
+        "--eval-data",
+        data["eval"],
+        "--out",
+        out,
+        "--steps",
+        10,
+        "--batch-size",
+        8,
+        "--checkpoint-every",
+        5,
+        "--eval-every",
+        10,
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def student_run(work, data, model_yaml):
     out = work / "student"
-    _train("--mode", "student", "--student", model_yaml, "--frames", 8, "--selection", "first",
-           "--data", data["train"], "--eval-data", data["eval"], "--out", out, "--steps", 6, "--batch-size", 8,
-           "--checkpoint-every", 3, "--eval-every", 6)  # fmt: skip
+    _train(
+        "--mode",
+        "student",
+        "--student",
+        model_yaml,
+        "--frames",
+        8,
+        "--selection",
+        "first",
+        "--data",
+        data["train"],
+        "--eval-data",
+        data["eval"],
+        "--out",
+        out,
+        "--steps",
+        6,
+        "--batch-size",
+        8,
+        "--checkpoint-every",
+        3,
+        "--eval-every",
+        6,
+    )
     return out
 
 
@@ -413,8 +506,20 @@ def test_resume_refusals(teacher_run, model_yaml, data, tmp_path, capsys):
     assert os.listdir(empty) == []
 
     # a new run into an existing run directory
-    code, _, err = _run(capsys, "train", "--mode", "teacher", "--teacher", model_yaml, "--data", data["train"],
-                        "--out", run_dir, "--steps", 5)  # fmt: skip
+    code, _, err = _run(
+        capsys,
+        "train",
+        "--mode",
+        "teacher",
+        "--teacher",
+        model_yaml,
+        "--data",
+        data["train"],
+        "--out",
+        run_dir,
+        "--steps",
+        5,
+    )
     assert code == 2
     _error_line(err, "train", str(run_dir), "already holds a run", "--resume")
     assert sorted(os.listdir(run_dir / "checkpoints")) == before
@@ -443,9 +548,26 @@ class _KilledInBackground:
         self.run_dir = work / "killed"
         self.stderr_path = work / "killed-stderr.txt"
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-        command = [sys.executable, "-m", "vidistill.cli", "train", "--mode", "teacher", "--teacher", str(model_yaml),
-                   "--data", data["train"], "--out", str(self.run_dir), "--steps", "100000", "--batch-size", "8",
-                   "--checkpoint-every", str(EVERY)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "vidistill.cli",
+            "train",
+            "--mode",
+            "teacher",
+            "--teacher",
+            str(model_yaml),
+            "--data",
+            data["train"],
+            "--out",
+            str(self.run_dir),
+            "--steps",
+            "100000",
+            "--batch-size",
+            "8",
+            "--checkpoint-every",
+            str(EVERY),
+        ]
         with open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=work)
         self.seen: int | None = None  # the checkpoint pointer's step just before the kill
@@ -510,8 +632,15 @@ def killed_run(killed_in_background):
     run.optimizer.build(run.distiller.trainable_variables)  # what the first step does: the slots, restored
     optimizer_state = [v.numpy() for v in run.optimizer.variables]
     run.train(progress=False)
-    return {"run": run, "dir": run_dir, "seen": killer.seen, "bar": killer.bar, "restored": restored, "start": start,
-            "optimizer_state": optimizer_state}  # fmt: skip
+    return {
+        "run": run,
+        "dir": run_dir,
+        "seen": killer.seen,
+        "bar": killer.bar,
+        "restored": restored,
+        "start": start,
+        "optimizer_state": optimizer_state,
+    }
 
 
 def test_sigkill_loses_at_most_one_checkpoint_interval(killed_run):
@@ -592,14 +721,16 @@ def test_bad_training_input(model_yaml, data, tmp_path, capsys):
     _error_line(err, "train", "k=50", f"max_frames={FRAMES}", "--frames")
     assert not (tmp_path / "r2").exists()
 
-    code, _, err = _run(capsys, *base, "--mode", "serial", "--frames", K, "--data", data["train"],
-                        "--out", tmp_path / "r3")  # fmt: skip
+    code, _, err = _run(
+        capsys, *base, "--mode", "serial", "--frames", K, "--data", data["train"], "--out", tmp_path / "r3"
+    )
     assert code == 2
     _error_line(err, "train", "serial", "--teacher-run")
     assert not (tmp_path / "r3").exists()
 
-    code, _, err = _run(capsys, *base, "--frames", K, "--selection", "best", "--data", data["train"],
-                        "--out", tmp_path / "r4")  # fmt: skip
+    code, _, err = _run(
+        capsys, *base, "--frames", K, "--selection", "best", "--data", data["train"], "--out", tmp_path / "r4"
+    )
     assert code == 2
     _error_line(err, "train", "'best'", POLICIES)
     assert not (tmp_path / "r4").exists()
@@ -624,8 +755,21 @@ def test_finetune(converted, teacher_run, data, tmp_path, capsys):
     original = _student_weights(converted)
     assert len(original) >= 6
     out = tmp_path / "tuned"
-    code, stdout, err = _run(capsys, "finetune", converted, "--data", data["train"], "--out", out, "--steps", 5,
-                             "--batch-size", 8, "--learning-rate", 0.01)  # fmt: skip
+    code, stdout, err = _run(
+        capsys,
+        "finetune",
+        converted,
+        "--data",
+        data["train"],
+        "--out",
+        out,
+        "--steps",
+        5,
+        "--batch-size",
+        8,
+        "--learning-rate",
+        0.01,
+    )
     assert code == 0, err
     assert str(out) in stdout
     assert sorted(os.listdir(out)) == ["run", "saved_model", "student.yaml", "weights"]
@@ -638,8 +782,21 @@ def test_finetune(converted, teacher_run, data, tmp_path, capsys):
     assert (out / "student.yaml").read_text() == (converted / "student.yaml").read_text()
     # still distilling from a trained teacher: serial mode against that teacher
     out2 = tmp_path / "tuned-serial"
-    code, _, err = _run(capsys, "finetune", converted, "--data", data["train"], "--out", out2, "--steps", 5,
-                        "--batch-size", 8, "--teacher-run", teacher_run)  # fmt: skip
+    code, _, err = _run(
+        capsys,
+        "finetune",
+        converted,
+        "--data",
+        data["train"],
+        "--out",
+        out2,
+        "--steps",
+        5,
+        "--batch-size",
+        8,
+        "--teacher-run",
+        teacher_run,
+    )
     assert code == 0, err
     config = load_train_config(str(out2 / "run"))
     assert config.mode == "serial" and config.teacher_run == str(teacher_run) and config.teacher == TEACHER
@@ -670,8 +827,21 @@ def test_runs_stop_at_exactly_the_requested_step_and_resume_off_the_grid(model_y
     import tensorflow as tf
 
     run_dir = tmp_path / "exact"
-    argv = ["train", "--mode", "teacher", "--teacher", model_yaml, "--out", run_dir, "--data", data["train"],
-            "--batch-size", 8, "--checkpoint-every", 5]  # fmt: skip
+    argv = [
+        "train",
+        "--mode",
+        "teacher",
+        "--teacher",
+        model_yaml,
+        "--out",
+        run_dir,
+        "--data",
+        data["train"],
+        "--batch-size",
+        8,
+        "--checkpoint-every",
+        5,
+    ]
     code, out, err = _run(capsys, *argv, "--steps", 7)
     assert code == 0, err
     assert "trained to step 7" in out
@@ -694,7 +864,12 @@ def test_a_step_that_would_train_nothing_is_an_error_not_a_silent_no_op():
     student.trainable = False
     distiller = Distiller("student", None, student, LossWeights())
     distiller.compile(optimizer=keras.optimizers.Adam())
-    batch = {"frames": np.zeros((2, FRAMES, 1152), np.float32), "num_frames": np.array([FRAMES, 5], np.int32),
-             "labels": np.zeros((2, CLASSES), np.float32)}  # fmt: skip
-    with pytest.raises(ValueError, match=r"no trainable variable gets a gradient in mode 'student'.*nothing would train"):
+    batch = {
+        "frames": np.zeros((2, FRAMES, 1152), np.float32),
+        "num_frames": np.array([FRAMES, 5], np.int32),
+        "labels": np.zeros((2, CLASSES), np.float32),
+    }
+    with pytest.raises(
+        ValueError, match=r"no trainable variable gets a gradient in mode 'student'.*nothing would train"
+    ):
         distiller.fit(tf.data.Dataset.from_tensors(batch), verbose=0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 from vidistill.cli import main
 
@@ -44,8 +44,28 @@ CONFIG = """train:
 @pytest.mark.slow
 def test_two_workers_finish_with_identical_weights(tmp_path):
     data = tmp_path / "data"
-    assert main(["synth", "--out", str(data), "--videos", "32", "--classes", "4", "--min-frames", "30",
-                 "--max-frames", "30", "--shards", "2", "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(data),
+                "--videos",
+                "32",
+                "--classes",
+                "4",
+                "--min-frames",
+                "30",
+                "--max-frames",
+                "30",
+                "--shards",
+                "2",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG % (data / "train-*.tfrecord"))
     run_dir = tmp_path / "run"
@@ -153,8 +173,11 @@ def test_mirrored_strategy_on_two_devices_trains_like_one_device(tmp_path, synth
     would hide it); a whole Run under the strategy trains its steps and scores like the one-device Run."""
     done = subprocess.run(
         [sys.executable, "-c", MIRRORED, synth_data(videos=24).train, str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-3000:]
     result = json.loads(lines[-1][len("RESULT ") :])

@@ -15,10 +15,18 @@ def test_table1_miniature_runs_every_row_and_resumes(tmp_path):
     experiment = Table1(config, str(tmp_path), progress=False)
     results = experiment.run()
     expected = {
-        "teacher", "student/uniform/k6", "student/first/k6", "parallel/L_rep, L_pred, L_CE/k6",
-        "serial/L_rep, L_pred, L_CE/k6", "serial/L_pred/k6", "vlad/teacher", "vlad/uniform/k6", "vlad/serial/k6",
-        "narrow/serial/k6", "narrow/uniform/k6",
-    }  # fmt: skip
+        "teacher",
+        "student/uniform/k6",
+        "student/first/k6",
+        "parallel/L_rep, L_pred, L_CE/k6",
+        "serial/L_rep, L_pred, L_CE/k6",
+        "serial/L_pred/k6",
+        "vlad/teacher",
+        "vlad/uniform/k6",
+        "vlad/serial/k6",
+        "narrow/serial/k6",
+        "narrow/uniform/k6",
+    }
     assert set(results) == expected
     for name, row in results.items():
         assert 0.0 <= row["gap"] <= 1.0 and 0.0 <= row["map"] <= 1.0, name
@@ -27,8 +35,16 @@ def test_table1_miniature_runs_every_row_and_resumes(tmp_path):
     assert 0.2 < narrow < 0.3  # a quarter of the teacher's parameters
     table = (tmp_path / "table1.md").read_text()
     assert "| Teacher-Skyline (all frames) |" in table and "| Serial L_rep, L_pred, L_CE |" in table
-    rows = [line.split(" |")[0] for line in table.splitlines() if line.startswith("| Parallel") or line.startswith("| Serial")]
-    assert rows == ["| Parallel L_rep, L_pred, L_CE", "| Serial L_pred", "| Serial L_rep, L_pred, L_CE"]  # the paper's order
+    rows = [
+        line.split(" |")[0]
+        for line in table.splitlines()
+        if line.startswith("| Parallel") or line.startswith("| Serial")
+    ]
+    assert rows == [
+        "| Parallel L_rep, L_pred, L_CE",
+        "| Serial L_pred",
+        "| Serial L_rep, L_pred, L_CE",
+    ]  # the paper's order
     assert json.loads((tmp_path / "results.json").read_text()) == results
     runs = tmp_path / "runs"
     files = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}

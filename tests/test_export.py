@@ -12,29 +12,38 @@ import onnx
 import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import tensorflow as tf
+import onnxruntime as ort
 
-from vidistill.export import precision  # noqa: E402
-from vidistill.export.card import read_card  # noqa: E402
-from vidistill.export.config import PRECISIONS, ExportConfig  # noqa: E402
-from vidistill.export.onnx_export import convert  # noqa: E402
-from vidistill.export.predictor import Predictor  # noqa: E402
-from vidistill.export.sessions import gpu_present  # noqa: E402
-from vidistill.students import selection, selection_numpy  # noqa: E402
-from vidistill.students.convert import save_student  # noqa: E402
-from vidistill.students.student import build_student, student_config  # noqa: E402
-from vidistill.teachers.config import HeadConfig, HLSTMConfig, NeXtVLADConfig, RNNConfig  # noqa: E402
-from vidistill.teachers.registry import build_model  # noqa: E402
-from vidistill.cli import main  # noqa: E402
-from vidistill.yt8m.records import write_records  # noqa: E402
+from vidistill.export import precision
+from vidistill.export.card import read_card
+from vidistill.export.config import PRECISIONS, ExportConfig
+from vidistill.export.onnx_export import convert
+from vidistill.export.predictor import Predictor
+from vidistill.export.sessions import gpu_present
+from vidistill.students import selection, selection_numpy
+from vidistill.students.convert import save_student
+from vidistill.students.student import build_student, student_config
+from vidistill.teachers.config import HeadConfig, HLSTMConfig, NeXtVLADConfig, RNNConfig
+from vidistill.teachers.registry import build_model
+from vidistill.cli import main
+from vidistill.yt8m.records import write_records
 
 CLASSES = 5
 FRAMES = 40
-HLSTM = HLSTMConfig(num_classes=CLASSES, frames=FRAMES, chunks=4, lower_cells=12, upper_cells=12, lower_layers=2,
-                    upper_layers=1)  # fmt: skip
-NEXTVLAD = NeXtVLADConfig(num_classes=CLASSES, frames=FRAMES, expansion=1, groups=4, clusters=8, hidden=32,
-                          se_reduction=4, head=HeadConfig(kind="moe", mixtures=2))  # fmt: skip
+HLSTM = HLSTMConfig(
+    num_classes=CLASSES, frames=FRAMES, chunks=4, lower_cells=12, upper_cells=12, lower_layers=2, upper_layers=1
+)
+NEXTVLAD = NeXtVLADConfig(
+    num_classes=CLASSES,
+    frames=FRAMES,
+    expansion=1,
+    groups=4,
+    clusters=8,
+    hidden=32,
+    se_reduction=4,
+    head=HeadConfig(kind="moe", mixtures=2),
+)
 CPU = ["CPUExecutionProvider"]
 
 
@@ -59,8 +68,27 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(work):
     out = work / "data"
-    code = main(["synth", "--out", str(out), "--videos", "60", "--classes", str(CLASSES), "--seed", "5",
-                 "--min-frames", "30", "--max-frames", str(FRAMES), "--shards", "1", "--workers", "1"])  # fmt: skip
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--videos",
+            "60",
+            "--classes",
+            str(CLASSES),
+            "--seed",
+            "5",
+            "--min-frames",
+            "30",
+            "--max-frames",
+            str(FRAMES),
+            "--shards",
+            "1",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     return {"train": str(out / "train-*.tfrecord"), "eval": str(out / "validate-*.tfrecord")}
 
@@ -78,8 +106,24 @@ def hlstm_student(work):
 @pytest.fixture(scope="module")
 def hlstm_export(work, hlstm_student, data):
     out = work / "hlstm-onnx"
-    code = main(["export", hlstm_student, "--out", str(out), "--eval-data", data["eval"], "--calibration-data",
-                 data["train"], "--calibration-batches", "2", "--qat-steps", "3", "--batch-size", "16"])  # fmt: skip
+    code = main(
+        [
+            "export",
+            hlstm_student,
+            "--out",
+            str(out),
+            "--eval-data",
+            data["eval"],
+            "--calibration-data",
+            data["train"],
+            "--calibration-batches",
+            "2",
+            "--qat-steps",
+            "3",
+            "--batch-size",
+            "16",
+        ]
+    )
     assert code == 0
     return out
 
@@ -88,8 +132,24 @@ def hlstm_export(work, hlstm_student, data):
 def vlad_export(work, data):
     student = _student_dir(work, "nextvlad-student", NEXTVLAD, 8, "random")
     out = work / "nextvlad-onnx"
-    code = main(["export", student, "--out", str(out), "--eval-data", data["eval"], "--calibration-data",
-                 data["train"], "--calibration-batches", "2", "--qat-steps", "3", "--batch-size", "16"])  # fmt: skip
+    code = main(
+        [
+            "export",
+            student,
+            "--out",
+            str(out),
+            "--eval-data",
+            data["eval"],
+            "--calibration-data",
+            data["train"],
+            "--calibration-batches",
+            "2",
+            "--qat-steps",
+            "3",
+            "--batch-size",
+            "16",
+        ]
+    )
     assert code == 0
     return out
 
@@ -99,7 +159,7 @@ def vlad_export(work, data):
 def test_numpy_selection_is_the_tf_selection_bit_for_bit(policy):
     n = np.concatenate([np.arange(0, 130), [299, 300, 1000]]).astype(np.int32)
     for k in (1, 2, 3, 7, 10, 30):
-        for seed in ((None, 0, 11, 2**40 + 3) if policy == "random" else (None,)):
+        for seed in (None, 0, 11, 2**40 + 3) if policy == "random" else (None,):
             expected = [t.numpy() for t in selection.selection_indices(n, k, policy, training=False, seed=seed)]
             got = selection_numpy.selection_indices(n, k, policy, seed=seed)
             np.testing.assert_array_equal(got[0], expected[0], err_msg=f"{policy} k={k} seed={seed}")
@@ -122,14 +182,20 @@ def test_recurrent_layers_become_fused_nodes_with_sequence_lengths(config, op):
     ops = [n.op_type for n in proto.graph.node]
     assert "Loop" not in ops and "Scan" not in ops
     fused = [n for n in proto.graph.node if n.op_type == op]
-    assert len(fused) == (config.lower_layers + config.upper_layers if isinstance(config, HLSTMConfig) else config.layers)
+    assert len(fused) == (
+        config.lower_layers + config.upper_layers if isinstance(config, HLSTMConfig) else config.layers
+    )
     assert all(len(n.input) >= 5 and n.input[4].startswith("vidistill_") for n in fused)
     # empty videos, videos shorter than a chunk, ending on a chunk boundary, full length; padding is ignored
     x, n = _videos(10, FRAMES, lengths=[0, 1, 9, 10, 11, 20, 29, 39, 40, 17])
     expected = model({"frames": x, "num_frames": n}, training=False)
     session = _session(proto)
-    got = dict(zip(["predictions", "representation"], session.run(["predictions", "representation"],
-                                                                  {"frames": x, "num_frames": n})))  # fmt: skip
+    got = dict(
+        zip(
+            ["predictions", "representation"],
+            session.run(["predictions", "representation"], {"frames": x, "num_frames": n}),
+        )
+    )
     for name in got:
         np.testing.assert_allclose(got[name], expected[name].numpy(), atol=1e-5, rtol=0)
     x[np.arange(FRAMES)[None, :] >= n[:, None]] = 3.0  # garbage in the padding
@@ -289,8 +355,19 @@ def test_bad_input_errors(capsys, tmp_path, hlstm_student, data):
     assert code == 2 and "unknown precision(s) int4" in line
     code, line = _error(capsys, "export", hlstm_student, "--out", tmp_path / "o", "--precision", "int8-static")
     assert code == 2 and "int8-static need(s) training records: give --calibration-data" in line
-    code, line = _error(capsys, "export", hlstm_student, "--out", tmp_path / "o", "--precision", "int8-qat",
-                        "--eval-data", data["eval"], "--calibration-data", data["eval"])  # fmt: skip
+    code, line = _error(
+        capsys,
+        "export",
+        hlstm_student,
+        "--out",
+        tmp_path / "o",
+        "--precision",
+        "int8-qat",
+        "--eval-data",
+        data["eval"],
+        "--calibration-data",
+        data["eval"],
+    )
     assert code == 2 and "must not be the held-out --eval-data" in line
     bad = tmp_path / "bad.tfrecord"
     example = tf.train.SequenceExample()
@@ -299,8 +376,17 @@ def test_bad_input_errors(capsys, tmp_path, hlstm_student, data):
     for name, size in (("rgb", 1000), ("audio", 128)):  # a 1000-byte rgb row
         example.feature_lists.feature_list[name].feature.add().bytes_list.value.append(bytes(size))
     write_records(str(bad), [example.SerializeToString()])
-    code, line = _error(capsys, "export", hlstm_student, "--out", tmp_path / "o2", "--precision", "int8-static",
-                        "--calibration-data", bad)  # fmt: skip
+    code, line = _error(
+        capsys,
+        "export",
+        hlstm_student,
+        "--out",
+        tmp_path / "o2",
+        "--precision",
+        "int8-static",
+        "--calibration-data",
+        bad,
+    )
     assert code == 2 and str(bad) in line and "'rgb' frame 0 has 1000 bytes, expected 1024" in line
     assert not (tmp_path / "o2" / "int8-static.onnx").exists()
 
@@ -319,8 +405,10 @@ def test_past_tolerance_exits_nonzero_and_failed_export_leaves_no_file(
     monkeypatch.setattr(exporter, "MIN_ACCURACY_VIDEOS", 1)
     monkeypatch.setitem(config.TOLERANCES, "int8-dynamic", config.Tolerance(max_abs=1.0, gap_drop=-1.0))
     out = tmp_path / "gap"
-    assert main(["export", hlstm_student, "--out", str(out), "--precision", "int8-dynamic", "--eval-data",
-                 data["eval"]]) == 1  # fmt: skip
+    assert (
+        main(["export", hlstm_student, "--out", str(out), "--precision", "int8-dynamic", "--eval-data", data["eval"]])
+        == 1
+    )
     card = read_card(str(out / "int8-dynamic.json"))
     assert card.parity.max_abs <= 1.0 and card.parity.passed is False  # failed on the GAP drop alone
 

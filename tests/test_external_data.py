@@ -35,8 +35,13 @@ def _model(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Reshape", ["m", "shape"], ["r"]),
         helper.make_node("Sigmoid", ["r"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", C])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 32])], inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", C])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 32])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model

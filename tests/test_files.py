@@ -42,5 +42,7 @@ def test_qat_says_what_to_do_when_the_users_value_turns_keras_2_off():
     code = "from vidistill.export import qat"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "int8-qat needs Keras 2 (tensorflow-model-optimization), but TF_USE_LEGACY_KERAS is '0': unset it or " \
-           "set it to 1" in done.stderr  # fmt: skip
+    assert (
+        "int8-qat needs Keras 2 (tensorflow-model-optimization), but TF_USE_LEGACY_KERAS is '0': unset it or "
+        "set it to 1" in done.stderr
+    )

@@ -8,15 +8,15 @@ import pytest
 import yaml
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from vidistill.distill.config import DataConfig, TrainConfig, load_train_config  # noqa: E402
-from vidistill.distill.distiller import Distiller  # noqa: E402
-from vidistill.distill.losses import LossWeights, cross_entropy  # noqa: E402
-from vidistill.distill.modes import Mode  # noqa: E402
-from vidistill.distill.terms import LOSS_TERMS, LossTerm, register_loss_term, terms_for  # noqa: E402
-from vidistill.distill.trainer import Run, build_models  # noqa: E402
-from vidistill.students.student import student_config  # noqa: E402
+from vidistill.distill.config import DataConfig, TrainConfig, load_train_config
+from vidistill.distill.distiller import Distiller
+from vidistill.distill.losses import LossWeights, cross_entropy
+from vidistill.distill.modes import Mode
+from vidistill.distill.terms import LOSS_TERMS, LossTerm, register_loss_term, terms_for
+from vidistill.distill.trainer import Run, build_models
+from vidistill.students.student import student_config
 
 
 class CosineRepresentation(LossTerm):
@@ -41,10 +41,14 @@ def cosine_term():
 def _outputs(b=5, c=6, e=4, seed=0):
     rng = np.random.default_rng(seed)
     labels = (rng.random((b, c)) < 0.3).astype(np.float32)
-    teacher = {"predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
-               "representation": rng.normal(size=(b, e)).astype(np.float32)}  # fmt: skip
-    student = {"predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
-               "representation": rng.normal(size=(b, e)).astype(np.float32)}  # fmt: skip
+    teacher = {
+        "predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
+        "representation": rng.normal(size=(b, e)).astype(np.float32),
+    }
+    student = {
+        "predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
+        "representation": rng.normal(size=(b, e)).astype(np.float32),
+    }
     return labels, teacher, student
 
 
@@ -58,7 +62,13 @@ def test_mode_properties_and_parsing():
     for name, expected in table.items():
         mode = Mode.parse(name)
         assert mode == name and f"{mode}" == name and str(mode) == name
-        assert (mode.has_teacher, mode.has_student, mode.trains_teacher, mode.distills, mode.restores_teacher) == expected
+        assert (
+            mode.has_teacher,
+            mode.has_student,
+            mode.trains_teacher,
+            mode.distills,
+            mode.restores_teacher,
+        ) == expected
     with pytest.raises(ValueError, match="--mode must be one of parallel, serial, teacher, student, got 'jointly'"):
         Mode.parse("jointly", "--mode")
     config = TrainConfig(mode="serial")
@@ -69,7 +79,9 @@ def test_mode_properties_and_parsing():
 def test_mode_from_a_config_file_is_checked(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  mode: jointly\n")
-    with pytest.raises(ValueError, match=r"c\.yaml: train\.mode must be one of parallel, serial, teacher, student, got 'jointly'"):
+    with pytest.raises(
+        ValueError, match=r"c\.yaml: train\.mode must be one of parallel, serial, teacher, student, got 'jointly'"
+    ):
         load_train_config(str(path))
 
 
@@ -96,8 +108,9 @@ def test_a_registered_term_joins_the_student_loss(cosine_term):
     ce = float(cross_entropy(labels, student["predictions"]))
     assert float(out["total"]) == pytest.approx(ce + 0.5 * expected, rel=1e-6)
     # weight 0: logged as 0.0 and never computed (it may lack its inputs)
-    out = LossWeights(rep=0.0, extra={"rep_cosine": 0.0}).student_loss(labels, {"predictions": teacher["predictions"]},
-                                                                {"predictions": student["predictions"]})  # fmt: skip
+    out = LossWeights(rep=0.0, extra={"rep_cosine": 0.0}).student_loss(
+        labels, {"predictions": teacher["predictions"]}, {"predictions": student["predictions"]}
+    )
     assert float(out["rep_cosine"]) == 0.0
 
 
@@ -127,10 +140,16 @@ def test_a_new_term_trains_from_a_config_file_and_never_reaches_the_teacher(
 ):
     """The term named in a config file: the run saves it, logs it, and its gradient reaches the student only."""
     data = synth_data()
-    config = TrainConfig(mode="parallel", teacher=tiny_teacher, student=student_config(tiny_teacher, k=6),
-                         loss=LossWeights(ce=1.0, rep=0.0, pred=0.0, extra={"rep_cosine": 2.0}),
-                         data=DataConfig(train=data.train, max_frames=30, batch_size=4, shuffle_buffer=8),
-                         steps=3, checkpoint_every=3, eval_every=0)  # fmt: skip
+    config = TrainConfig(
+        mode="parallel",
+        teacher=tiny_teacher,
+        student=student_config(tiny_teacher, k=6),
+        loss=LossWeights(ce=1.0, rep=0.0, pred=0.0, extra={"rep_cosine": 2.0}),
+        data=DataConfig(train=data.train, max_frames=30, batch_size=4, shuffle_buffer=8),
+        steps=3,
+        checkpoint_every=3,
+        eval_every=0,
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"train": config.to_dict()}))
     loaded = load_train_config(str(path))
@@ -139,9 +158,11 @@ def test_a_new_term_trains_from_a_config_file_and_never_reaches_the_teacher(
     models = build_models(loaded)
     distiller = Distiller(loaded.mode, models.teacher, models.student, loaded.loss, models.projection)
     rng = np.random.default_rng(0)
-    batch = {"frames": tf.constant(rng.normal(size=(4, 30, 1152)).astype(np.float32)),
-             "num_frames": tf.constant([30, 24, 20, 27], tf.int32),
-             "labels": tf.constant(rng.integers(0, 2, size=(4, 4)).astype(np.float32))}  # fmt: skip
+    batch = {
+        "frames": tf.constant(rng.normal(size=(4, 30, 1152)).astype(np.float32)),
+        "num_frames": tf.constant([30, 24, 20, 27], tf.int32),
+        "labels": tf.constant(rng.integers(0, 2, size=(4, 4)).astype(np.float32)),
+    }
     with tf.GradientTape(persistent=True) as tape:
         logs = distiller.compute_losses(batch, training=True)
     assert float(logs["rep_cosine"]) > 0

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from vidistill.distill.losses import (  # noqa: E402
+from vidistill.distill.losses import (
     LOSSES,
     PREDICTION_LOSSES,
     LossWeights,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tensorflow as tf
+import tf_keras as keras
 
 from vidistill.teachers.config import (
     HeadConfig,
@@ -26,9 +25,15 @@ from vidistill.teachers.presets import PRESETS, resolve
 from vidistill.teachers.registry import build_model, model_flops
 
 TINY_HLSTM = HLSTMConfig(
-    num_classes=5, frames=6, chunks=2, lower_cells=4, lower_layers=1, upper_cells=3, upper_layers=1,
+    num_classes=5,
+    frames=6,
+    chunks=2,
+    lower_cells=4,
+    lower_layers=1,
+    upper_cells=3,
+    upper_layers=1,
     head=HeadConfig(kind="logistic"),
-)  # fmt: skip
+)
 
 
 def _videos(batch=3, frames=12, seed=0):
@@ -104,7 +109,9 @@ def test_padding_never_changes_the_output(config):
     # and real frames do matter
     changed = frames.copy()
     changed[:, 0] += 1.0
-    assert not np.allclose(model({"frames": changed, "num_frames": num_frames})["predictions"], clean_out["predictions"])
+    assert not np.allclose(
+        model({"frames": changed, "num_frames": num_frames})["predictions"], clean_out["predictions"]
+    )
     assert np.all((clean_out["predictions"].numpy() >= 0) & (clean_out["predictions"].numpy() <= 1))
 
 

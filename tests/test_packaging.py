@@ -48,25 +48,50 @@ def test_the_wheel_installs_vidistill_alone_and_its_api_imports_outside_the_tree
     source, wheels = tmp_path / "source", tmp_path / "wheels"
     # a copy of the checkout (setuptools builds in the tree it is given: it leaves build/ and *.egg-info there)
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__"))
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(wheels), str(source)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("vidistill-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"vidistill", wheel.name.split("-py")[0] + ".dist-info"}
-    for expected in ("vidistill/teachers/registry.py", "vidistill/yt8m/readers.py", "vidistill/export/predictor.py",
-                     "vidistill/export/qat/scheme.py", "vidistill/bench/gpu/run.sh",
-                     "vidistill/commands/bench.py"):  # fmt: skip
+    for expected in (
+        "vidistill/teachers/registry.py",
+        "vidistill/yt8m/readers.py",
+        "vidistill/export/predictor.py",
+        "vidistill/export/qat/scheme.py",
+        "vidistill/bench/gpu/run.sh",
+        "vidistill/commands/bench.py",
+    ):
         assert expected in names
     site = tmp_path / "site"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
-                              str(site), str(wheel)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     # -S: no site-packages processing, so the editable install's finder does not see the checkout; the
     # dependencies come from the environment's site-packages, placed after the installed wheel
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]]))
-    run = subprocess.run([sys.executable, "-S", "-c", CHECK], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", CHECK], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["file"].startswith(str(site)) and result["path"] == [str(site / "vidistill")]

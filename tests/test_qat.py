@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tensorflow as tf
+import tf_keras as keras
 
-from vidistill.export.qat import (  # noqa: E402
+from vidistill.export.qat import (
     SymmetricQuantizer,
     calibrate,
     finetune_dataset,
@@ -25,14 +25,14 @@ from vidistill.export.qat import (  # noqa: E402
     quantization_report,
     quantize_aware,
 )
-from vidistill.export.predictor import prepare_inputs  # noqa: E402
-from vidistill.export.source import student_source  # noqa: E402
-from vidistill.students.student import build_student, student_config  # noqa: E402
-from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig, NeXtVLADConfig  # noqa: E402
-from vidistill.teachers.recurrent import StackedRNN  # noqa: E402
-from vidistill.yt8m.loss import cross_entropy  # noqa: E402
-from vidistill.yt8m.constants import AUDIO_SIZE, RGB_SIZE  # noqa: E402
-from vidistill.yt8m.records import Video, write_frame_records  # noqa: E402
+from vidistill.export.predictor import prepare_inputs
+from vidistill.export.source import student_source
+from vidistill.students.student import build_student, student_config
+from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig, NeXtVLADConfig
+from vidistill.teachers.recurrent import StackedRNN
+from vidistill.yt8m.loss import cross_entropy
+from vidistill.yt8m.constants import AUDIO_SIZE, RGB_SIZE
+from vidistill.yt8m.records import Video, write_frame_records
 
 CLASSES = 4
 FRAMES = 12  # the records' max_frames
@@ -45,22 +45,40 @@ BASES = {
         num_classes=CLASSES, frames=FRAMES, clusters=4, hidden=16, head=HeadConfig(probability_gating=True)
     ),
     "nextvlad": NeXtVLADConfig(
-        num_classes=CLASSES, frames=FRAMES, expansion=1, groups=4, clusters=4, hidden=16, se_reduction=4,
-        dropout=0.0, head=HeadConfig(kind="logistic"),
+        num_classes=CLASSES,
+        frames=FRAMES,
+        expansion=1,
+        groups=4,
+        clusters=4,
+        hidden=16,
+        se_reduction=4,
+        dropout=0.0,
+        head=HeadConfig(kind="logistic"),
     ),
-}  # fmt: skip
+}
 QUANTIZED = {
     "hlstm": {"head/moe/gates", "head/moe/experts"},
     "netvlad": {
-        "netvlad/rgb_pooling/assignment", "netvlad/audio_pooling/assignment", "netvlad/hidden",
-        "netvlad/context_gating/gate", "head/moe/gates", "head/moe/experts", "head/probability_gating/gate",
+        "netvlad/rgb_pooling/assignment",
+        "netvlad/audio_pooling/assignment",
+        "netvlad/hidden",
+        "netvlad/context_gating/gate",
+        "head/moe/gates",
+        "head/moe/experts",
+        "head/probability_gating/gate",
     },
     "nextvlad": {
-        *(f"nextvlad/{stream}_pooling/{dense}" for stream in ("rgb", "audio")
-          for dense in ("expand", "group_attention", "assignment")),
-        "nextvlad/hidden", "nextvlad/se_gating/squeeze", "nextvlad/se_gating/excite", "head/logistic/logits",
+        *(
+            f"nextvlad/{stream}_pooling/{dense}"
+            for stream in ("rgb", "audio")
+            for dense in ("expand", "group_attention", "assignment")
+        ),
+        "nextvlad/hidden",
+        "nextvlad/se_gating/squeeze",
+        "nextvlad/se_gating/excite",
+        "head/logistic/logits",
     },
-}  # fmt: skip
+}
 # Bounds (measured on this file's data, CPU): int8 error of the calibrated QAT model against the float one, and
 # ONNX Runtime against TF for the same QAT model. TF and ORT compute the float value that reaches a Q/DQ pair in a
 # slightly different order, so a value at a rounding boundary can land one int8 step (range / 127) apart; that
@@ -109,9 +127,15 @@ def family(request, records):
     qat = quantize_aware(backbone, calibration=_dataset(records, source), calibration_steps=2)
     inputs, labels = next(iter(_dataset(records, source)))
     return {
-        "name": request.param, "config": config, "source": source, "student": student, "backbone": backbone,
-        "qat": qat, "inputs": inputs, "labels": labels,
-    }  # fmt: skip
+        "name": request.param,
+        "config": config,
+        "source": source,
+        "student": student,
+        "backbone": backbone,
+        "qat": qat,
+        "inputs": inputs,
+        "labels": labels,
+    }
 
 
 def _predict(model, inputs):
@@ -129,8 +153,11 @@ def test_finetune_dataset_is_what_the_exported_student_is_fed(records):
     from vidistill.students.selection import select_frames
     from vidistill.yt8m.readers import read_frame_dataset
 
-    videos = list(read_frame_dataset(records, num_classes=CLASSES, max_frames=FRAMES, batch_size=8,
-                                     deterministic=True).as_numpy_iterator())  # fmt: skip
+    videos = list(
+        read_frame_dataset(
+            records, num_classes=CLASSES, max_frames=FRAMES, batch_size=8, deterministic=True
+        ).as_numpy_iterator()
+    )
     batches = list(_dataset(records, source).as_numpy_iterator())
     assert len(batches) == len(videos) == 3  # one pass over the 24 videos, in file order
     for (inputs, labels), video in zip(batches, videos):

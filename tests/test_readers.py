@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 from vidistill.yt8m.errors import DataError
 from vidistill.yt8m.quantize import dequantize, quantize
@@ -127,10 +127,15 @@ def test_frame_round_trip_within_one_quantization_step(tmp_path):
 def test_max_frames_and_deterministic_shuffle(tmp_path):
     rng = np.random.default_rng(1)
     for shard in range(3):
-        write_frame_records(str(tmp_path / f"s{shard}.tfrecord"), [_random_video(rng, f"{shard}-{i}", 12) for i in range(8)])
+        write_frame_records(
+            str(tmp_path / f"s{shard}.tfrecord"), [_random_video(rng, f"{shard}-{i}", 12) for i in range(8)]
+        )
     pattern = str(tmp_path / "s*.tfrecord")
+
     def shuffled():
-        return read_frame_dataset(pattern, max_frames=10, batch_size=5, shuffle=True, deterministic=True, seed=3, num_classes=4)
+        return read_frame_dataset(
+            pattern, max_frames=10, batch_size=5, shuffle=True, deterministic=True, seed=3, num_classes=4
+        )
 
     first, second = _all(shuffled()), _all(shuffled())
     assert first["frames"].shape == (24, 10, 1152) and set(first["num_frames"]) == {10}
@@ -187,7 +192,10 @@ def _sequence_example(vid=b"x", labels=(0,), rgb_rows=None, audio_rows=None, n=3
 @pytest.mark.parametrize(
     "record, fragments",
     [
-        (_sequence_example(rgb_rows=[bytes(1024), bytes(1000)], audio_rows=[bytes(128)] * 2), ["'rgb' frame 1 has 1000 bytes, expected 1024"]),
+        (
+            _sequence_example(rgb_rows=[bytes(1024), bytes(1000)], audio_rows=[bytes(128)] * 2),
+            ["'rgb' frame 1 has 1000 bytes, expected 1024"],
+        ),
         (_sequence_example(audio_rows=[bytes(128)] * 2), ["has 3 rgb frames but 2 audio frames"]),
         (_sequence_example(vid=None), ["has no context feature 'id'"]),
         (_sequence_example(labels=(0, 4)), ["'labels' holds an id outside [0, 4)", "num_classes"]),
@@ -220,7 +228,9 @@ def test_truncated_and_corrupt_files_are_named(tmp_path):
     _raises_data_error(read_frame_dataset(truncated, num_classes=2), truncated, "only its first 3 record(s)")
     _raises_data_error(read_frame_dataset(corrupt, num_classes=2), corrupt, "corrupt or truncated")
     skipped = BadRecords()
-    data = _all(read_frame_dataset(str(tmp_path / "*.tfrecord"), num_classes=2, bad_records=skipped, deterministic=True))
+    data = _all(
+        read_frame_dataset(str(tmp_path / "*.tfrecord"), num_classes=2, bad_records=skipped, deterministic=True)
+    )
     assert skipped.count == 2 and len(data["id"]) == 4 + 3 + 2
     with pytest.raises(DataError, match=r"truncated.tfrecord: corrupt or truncated"):
         read_ground_truth(truncated, num_classes=2)
@@ -258,8 +268,24 @@ def test_an_empty_file_is_an_error_everywhere_it_is_read(tmp_path, capsys):
     with pytest.raises(DataError, match=re.escape(message)):
         read_ground_truth(str(empty))
     capsys.readouterr()
-    assert main(["train", "--out", str(tmp_path / "run"), "--data", str(empty), "--teacher", "hlstm-small",
-                 "--frames", "10", "--steps", "2"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "run"),
+                "--data",
+                str(empty),
+                "--teacher",
+                "hlstm-small",
+                "--frames",
+                "10",
+                "--steps",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 

@@ -55,7 +55,9 @@ def tiny(command: str) -> str:
     if name == "export":
         command += " --qat-steps 2 --calibration-batches 1 --batch-size 8"
     if name == "bench":
-        command = re.sub(r"--batch [\d,]+", "--batch 1,2", command) + " --runs 3 --warmup 1 --no-profile --peak-size 128"
+        command = (
+            re.sub(r"--batch [\d,]+", "--batch 1,2", command) + " --runs 3 --warmup 1 --no-profile --peak-size 128"
+        )
     return command
 
 
@@ -83,11 +85,19 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     from vidistill.teachers.config import HLSTMConfig, save_config
 
     monkeypatch.chdir(tmp_path)
-    save_config(HLSTMConfig(num_classes=100, frames=300, chunks=20, lower_cells=8, upper_cells=8, lower_layers=1,
-                            upper_layers=1), TINY_TEACHER)  # fmt: skip
+    save_config(
+        HLSTMConfig(
+            num_classes=100, frames=300, chunks=20, lower_cells=8, upper_cells=8, lower_layers=1, upper_layers=1
+        ),
+        TINY_TEACHER,
+    )
     # where the README tells users to put the official files: synthetic records with the official vocabulary
-    assert main(["synth", "--out", "yt8m/frame", "--videos", "24", "--heldout", "12", "--classes", "3862",
-                 "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["synth", "--out", "yt8m/frame", "--videos", "24", "--heldout", "12", "--classes", "3862", "--workers", "1"]
+        )
+        == 0
+    )
     capsys.readouterr()
     import time
 
@@ -113,8 +123,9 @@ def test_the_predictor_snippet_runs(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert main(["synth", "--out", "yt8m/frame", "--videos", "12", "--classes", "3862", "--workers", "1"]) == 0
-    teacher = HLSTMConfig(num_classes=3862, frames=300, chunks=20, lower_cells=8, upper_cells=8, lower_layers=1,
-                          upper_layers=1)  # fmt: skip
+    teacher = HLSTMConfig(
+        num_classes=3862, frames=300, chunks=20, lower_cells=8, upper_cells=8, lower_layers=1, upper_layers=1
+    )
     config = student_config(teacher, k=30)
     save_student(build_student(config), config, "students/k30-ft")
     assert main(["export", "students/k30-ft", "--out", "export/k30", "--precision", "int8-dynamic"]) == 0
@@ -122,3 +133,63 @@ def test_the_predictor_snippet_runs(tmp_path, monkeypatch):
     namespace = {"video": np.random.default_rng(0).integers(0, 256, (45, 1152), dtype=np.uint8)}
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["probabilities"].shape == (1, 3862)
+
+
+def test_the_other_python_snippets_run(tmp_path, monkeypatch):
+    """Every other Python example of the README runs as written (the data readers on small synthetic files in the
+    folders it names; the models; a new loss term, which then computes): user code imports only `vidistill`."""
+    from vidistill.distill.terms import LOSS_TERMS
+    from vidistill.yt8m.records import write_video_level_records
+
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                "yt8m/frame",
+                "--videos",
+                "8",
+                "--heldout",
+                "4",
+                "--classes",
+                "3862",
+                "--segments",
+                "--min-frames",
+                "30",
+                "--max-frames",
+                "40",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    os.makedirs("yt8m/video")
+    rng = np.random.default_rng(1)
+    videos = [
+        {"id": f"v{i}", "labels": [i, 3861], "rgb": rng.normal(size=(5, 1024)), "audio": rng.normal(size=(5, 128))}
+        for i in range(4)
+    ]
+    write_video_level_records("yt8m/video/validate0.tfrecord", videos)
+    snippets = [b for b in _blocks("python") if "Predictor(" not in b]
+    assert len(snippets) == 3, "a new Python example in the README: run it here too"
+    for snippet in snippets:
+        namespace: dict = {}
+        try:
+            exec(compile(snippet, "README.md", "exec"), namespace)
+            for line in snippet.splitlines():  # the snippets import from vidistill alone
+                if line.startswith(("import ", "from ")):
+                    assert line.split()[1].split(".")[0] in ("vidistill", "tensorflow"), line
+            if "register_loss_term" in snippet:
+                assert LOSS_TERMS["rep_cosine"] is namespace["CosineRepresentation"]
+                rng = np.random.default_rng(0)
+                outputs = {
+                    "predictions": rng.uniform(0.1, 0.9, (3, 5)).astype(np.float32),
+                    "representation": rng.normal(size=(3, 4)).astype(np.float32),
+                }
+                same = namespace["loss"].student_loss(np.ones((3, 5), np.float32), outputs, outputs)
+                assert float(same["rep_cosine"]) == pytest.approx(0.0, abs=1e-6)
+                assert float(same["total"]) == pytest.approx(float(same["ce"]), rel=1e-6)
+        finally:
+            LOSS_TERMS.pop("rep_cosine", None)

@@ -7,21 +7,20 @@ Tiny H-LSTMs (8 cells, 4 classes, 30 frames) on 24 synthetic videos, so that the
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 import yaml
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from vidistill.distill.config import DataConfig, OptimizerConfig, TrainConfig, load_train_config  # noqa: E402
-from vidistill.distill.distiller import Distiller, classifier_head  # noqa: E402
-from vidistill.distill.losses import LossWeights  # noqa: E402
-from vidistill.distill.trainer import Run, build_models  # noqa: E402
-from vidistill.students.student import student_config  # noqa: E402
-from vidistill.teachers.config import HLSTMConfig  # noqa: E402
+from vidistill.distill.config import DataConfig, OptimizerConfig, TrainConfig, load_train_config
+from vidistill.distill.distiller import Distiller, classifier_head
+from vidistill.distill.losses import LossWeights
+from vidistill.distill.trainer import Run, build_models
+from vidistill.students.student import student_config
+from vidistill.teachers.config import HLSTMConfig
 
 CLASSES = 4
 FRAMES = 30
@@ -38,10 +37,16 @@ def data(synth_data):
 
 def _config(data: str, loss: LossWeights, *, mode: str = "parallel", width: float = 1.0, steps: int = 4) -> TrainConfig:
     return TrainConfig(
-        mode=mode, teacher=TEACHER, student=student_config(TEACHER, k=6, width=width), loss=loss,
+        mode=mode,
+        teacher=TEACHER,
+        student=student_config(TEACHER, k=6, width=width),
+        loss=loss,
         data=DataConfig(train=data, max_frames=FRAMES, batch_size=4, shuffle_buffer=16),
-        optimizer=OptimizerConfig(learning_rate=0.01), steps=steps, checkpoint_every=steps, eval_every=0,
-    )  # fmt: skip
+        optimizer=OptimizerConfig(learning_rate=0.01),
+        steps=steps,
+        checkpoint_every=steps,
+        eval_every=0,
+    )
 
 
 def _batch(seed: int = 0) -> dict:
@@ -84,11 +89,14 @@ def test_head_option_defaults_and_refusals():
 
 
 def test_teacher_head_needs_the_teachers_width(data, tmp_path):
-    """"auto" with ce = pred = 0 means the teacher's head; a narrower student cannot use it: a clear error, before
+    """ "auto" with ce = pred = 0 means the teacher's head; a narrower student cannot use it: a clear error, before
     the run directory exists (the probe test below trains that student with head "probe")."""
     run_dir = tmp_path / "narrow"
-    with pytest.raises(ValueError, match=r"'teacher' needs the student's representation to have the teacher's "
-                                         r"width, but it is 8 wide and the teacher's 16.*'probe'"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"'teacher' needs the student's representation to have the teacher's "
+        r"width, but it is 8 wide and the teacher's 16.*'probe'",
+    ):
         Run(_config(data, LossWeights(**REP_ONLY), width=0.5), str(run_dir))
     assert not run_dir.exists()
 
@@ -165,8 +173,13 @@ def test_probe_head_learns_while_the_representation_gets_no_ce_gradient():
     """head "probe" with a narrower student (the projection carries L_REP): L_CE (head_ce) reaches the head and
     nothing else; L_REP reaches the encoder and the projection, never the head; training moves the head and
     lowers head_ce on a fixed batch."""
-    config = TrainConfig(mode="parallel", teacher=TEACHER, student=student_config(TEACHER, k=6, width=0.5),
-                         loss=LossWeights(**REP_ONLY, head="probe"), data=DataConfig(max_frames=FRAMES))  # fmt: skip
+    config = TrainConfig(
+        mode="parallel",
+        teacher=TEACHER,
+        student=student_config(TEACHER, k=6, width=0.5),
+        loss=LossWeights(**REP_ONLY, head="probe"),
+        data=DataConfig(max_frames=FRAMES),
+    )
     models = build_models(config)
     assert models.projection is not None
     distiller = Distiller("parallel", models.teacher, models.student, config.loss, models.projection)

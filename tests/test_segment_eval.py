@@ -10,14 +10,57 @@ from vidistill.cli import main
 
 def test_segment_eval_agrees_with_predict_then_score(tmp_path, capsys):
     data = tmp_path / "data"
-    assert main(["synth", "--out", str(data), "--videos", "24", "--heldout", "16", "--classes", "4", "--segments",
-                 "--min-frames", "30", "--max-frames", "40", "--shards", "1", "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(data),
+                "--videos",
+                "24",
+                "--heldout",
+                "16",
+                "--classes",
+                "4",
+                "--segments",
+                "--min-frames",
+                "30",
+                "--max-frames",
+                "40",
+                "--shards",
+                "1",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     teacher = tmp_path / "teacher.yaml"
-    save_config(HLSTMConfig(num_classes=4, frames=40, chunks=4, lower_cells=8, upper_cells=8,
-                            lower_layers=1, upper_layers=1), str(teacher))  # fmt: skip
+    save_config(
+        HLSTMConfig(num_classes=4, frames=40, chunks=4, lower_cells=8, upper_cells=8, lower_layers=1, upper_layers=1),
+        str(teacher),
+    )
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--data", str(data / "train-*"), "--teacher", str(teacher),
-                 "--frames", "6", "--steps", "4", "--batch-size", "8"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--data",
+                str(data / "train-*"),
+                "--teacher",
+                str(teacher),
+                "--frames",
+                "6",
+                "--steps",
+                "4",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     held_out = str(data / "validate-*")
     capsys.readouterr()
     assert main(["eval", str(run), "--data", held_out, "--segments", "--json"]) == 0
@@ -27,8 +70,10 @@ def test_segment_eval_agrees_with_predict_then_score(tmp_path, capsys):
     lines = csv.read_text().splitlines()
     assert lines[0] == "Class,Segments" and [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2", "3"]
     capsys.readouterr()
-    assert main(["score", "--predictions", str(csv), "--data", held_out, "--segments", "--num-classes", "4",
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(["score", "--predictions", str(csv), "--data", held_out, "--segments", "--num-classes", "4", "--json"])
+        == 0
+    )
     scored = json.loads(capsys.readouterr().out)
     assert scored == evaluated and 0.0 < scored["map"] <= 1.0 and scored["num_classes_scored"] >= 1
     # every 5-frame chunk of every held-out video is in the CSV (ids vid:start, starts multiples of 5)

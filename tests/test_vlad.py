@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import tensorflow as tf
+import tf_keras as keras
 
-from vidistill.teachers.config import HeadConfig, NetVLADConfig, NeXtVLADConfig, config_from_dict, config_to_dict  # noqa: E402
-from vidistill.teachers.registry import build_model, model_flops  # noqa: E402
-from vidistill.teachers.vlad import (  # noqa: E402
+from vidistill.teachers.config import HeadConfig, NetVLADConfig, NeXtVLADConfig, config_from_dict, config_to_dict
+from vidistill.teachers.registry import build_model, model_flops
+from vidistill.teachers.vlad import (
     FrameMask,
     NetVLADEncoder,
     NetVLADPooling,
     NeXtVLADEncoder,
     NeXtVLADPooling,
 )
-from vidistill.yt8m.constants import FEATURE_SIZE  # noqa: E402
+from vidistill.yt8m.constants import FEATURE_SIZE
 
 WILLOW = NetVLADConfig(
     num_classes=3862,
@@ -48,7 +48,14 @@ TINY_NETVLAD = NetVLADConfig(
     num_classes=3, frames=FRAMES, clusters=4, hidden=8, head=HeadConfig(kind="moe", mixtures=2, probability_gating=True)
 )
 TINY_NEXTVLAD = NeXtVLADConfig(
-    num_classes=3, frames=FRAMES, expansion=1, groups=4, clusters=4, hidden=16, se_reduction=4, dropout=0.0,
+    num_classes=3,
+    frames=FRAMES,
+    expansion=1,
+    groups=4,
+    clusters=4,
+    hidden=16,
+    se_reduction=4,
+    dropout=0.0,
     head=HeadConfig(kind="logistic"),
 )
 POOLINGS = ("netvlad", "netrvlad", "softdbof")

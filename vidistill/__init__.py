@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 # inside this package (setup.cfg maps each folder to vidistill.<name>).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_ROOT, "setup.cfg")) and os.path.isfile(os.path.join(_ROOT, "yt8m", "__init__.py")):
-    __path__.append(_ROOT)  # noqa: F821 (a package's __path__ is set by the import system)
+    __path__.append(_ROOT)  # a package's __path__ is set by the import system
 
 # public name -> the module that defines it
 _PUBLIC = {
@@ -34,7 +34,9 @@ _PUBLIC = {
     "read_frame_dataset": "vidistill.yt8m.readers",
     "read_video_level_dataset": "vidistill.yt8m.readers",
     "BadRecords": "vidistill.yt8m.readers",
+    "UserError": "vidistill.yt8m.errors",
     "DataError": "vidistill.yt8m.errors",
+    "ConfigError": "vidistill.yt8m.errors",
     "write_frame_records": "vidistill.yt8m.records",
     "VideoMetrics": "vidistill.yt8m.metrics",
     "gap": "vidistill.yt8m.metrics",
@@ -56,7 +58,11 @@ _PUBLIC = {
     "build_student": "vidistill.students.student",
     # training, conversion
     "Distiller": "vidistill.distill.distiller",
+    "Mode": "vidistill.distill.modes",
     "TrainConfig": "vidistill.distill.config",
+    "LossWeights": "vidistill.distill.losses",
+    "LossTerm": "vidistill.distill.terms",
+    "register_loss_term": "vidistill.distill.terms",
     "train": "vidistill.distill.trainer",
     "convert": "vidistill.distill.runs",
     "finetune": "vidistill.distill.finetune",

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import yaml
 
@@ -56,9 +56,25 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(videos=160, heldout=40, classes=8, min_frames=30, max_frames=60, cells=16, chunks=6, k=10,
-                   k_small=4, teacher_steps=30, serial_steps=15, finetune_steps=10, batch_size=16, qat_steps=5,
-                   bench_batches=(1, 16), bench_runs=20, all_precisions=False)  # fmt: skip
+        return cls(
+            videos=160,
+            heldout=40,
+            classes=8,
+            min_frames=30,
+            max_frames=60,
+            cells=16,
+            chunks=6,
+            k=10,
+            k_small=4,
+            teacher_steps=30,
+            serial_steps=15,
+            finetune_steps=10,
+            batch_size=16,
+            qat_steps=5,
+            bench_batches=(1, 16),
+            bench_runs=20,
+            all_precisions=False,
+        )
 
 
 def _stage(title: str) -> None:
@@ -99,9 +115,18 @@ class Demo:
         result = fn()
         os.makedirs(os.path.dirname(marker), exist_ok=True)
         with atomic_write(marker) as f:
-            json.dump({"stage": stage, "output": output, "seconds": round(time.perf_counter() - started, 1),
-                       "finished": datetime.datetime.now().isoformat(timespec="seconds"), "result": result},
-                      f, indent=1, default=str)  # fmt: skip
+            json.dump(
+                {
+                    "stage": stage,
+                    "output": output,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "result": result,
+                },
+                f,
+                indent=1,
+                default=str,
+            )
         return result
 
     # -- stages ------------------------------------------------------------------------------------------------
@@ -112,8 +137,18 @@ class Demo:
 
         def write() -> None:
             _stage(f"synthetic data: {c.videos} + {c.heldout} videos, {c.classes} classes, up to {c.max_frames} frames")
-            write_dataset(SynthConfig(videos=c.videos, heldout=c.heldout, classes=c.classes, seed=c.seed,
-                                      min_frames=c.min_frames, max_frames=c.max_frames, shards=4), self.data)  # fmt: skip
+            write_dataset(
+                SynthConfig(
+                    videos=c.videos,
+                    heldout=c.heldout,
+                    classes=c.classes,
+                    seed=c.seed,
+                    min_frames=c.min_frames,
+                    max_frames=c.max_frames,
+                    shards=4,
+                ),
+                self.data,
+            )
 
         self.once("synth", self.data, write)
 
@@ -121,8 +156,15 @@ class Demo:
         from vidistill.teachers.config import HLSTMConfig
 
         c = self.config
-        return HLSTMConfig(num_classes=c.classes, frames=c.max_frames, chunks=c.chunks, lower_cells=c.cells,
-                           upper_cells=c.cells, lower_layers=1, upper_layers=1)  # fmt: skip
+        return HLSTMConfig(
+            num_classes=c.classes,
+            frames=c.max_frames,
+            chunks=c.chunks,
+            lower_cells=c.cells,
+            upper_cells=c.cells,
+            lower_layers=1,
+            upper_layers=1,
+        )
 
     def _train(self, name: str, config, title: str) -> str:
         from vidistill.distill.config import DataConfig, OptimizerConfig
@@ -130,8 +172,13 @@ class Demo:
 
         run_dir = self.path("runs", name)
         c = self.config
-        config.data = DataConfig(train=self.train_data, eval=self.eval_data, max_frames=c.max_frames,
-                                 batch_size=c.batch_size, eval_batch_size=64)  # fmt: skip
+        config.data = DataConfig(
+            train=self.train_data,
+            eval=self.eval_data,
+            max_frames=c.max_frames,
+            batch_size=c.batch_size,
+            eval_batch_size=64,
+        )
         config.optimizer = OptimizerConfig(learning_rate=c.learning_rate, decay_steps=config.steps)
         config.checkpoint_every = max(1, config.steps // 3)
         config.eval_every = 0
@@ -143,7 +190,7 @@ class Demo:
             if resume:
                 try:
                     latest_checkpoint(run_dir)
-                except Exception:  # killed before its first checkpoint: start again
+                except FileNotFoundError:  # killed before its first checkpoint: start again
                     shutil.rmtree(run_dir)
                     resume = False
             return Run(config, run_dir, resume=resume).train()
@@ -159,15 +206,23 @@ class Demo:
         teacher = self.teacher_config()
         parallel = self._train(
             f"parallel-k{c.k}",
-            TrainConfig(mode="parallel", teacher=teacher, student=student_config(teacher, k=c.k), steps=c.teacher_steps),
-            f"parallel training: H-LSTM teacher ({c.max_frames} frames) and its k={c.k} student, {c.teacher_steps} steps",
+            TrainConfig(
+                mode="parallel", teacher=teacher, student=student_config(teacher, k=c.k), steps=c.teacher_steps
+            ),
+            f"parallel training: H-LSTM teacher ({c.max_frames} frames) and its k={c.k} student, "
+            f"{c.teacher_steps} steps",
         )
         serial = self._train(
             f"serial-k{c.k_small}",
-            TrainConfig(mode="serial", teacher=teacher, teacher_run=parallel, student=student_config(teacher, k=c.k_small),
-                        steps=c.serial_steps),
+            TrainConfig(
+                mode="serial",
+                teacher=teacher,
+                teacher_run=parallel,
+                student=student_config(teacher, k=c.k_small),
+                steps=c.serial_steps,
+            ),
             f"serial training: a k={c.k_small} student against the trained teacher, {c.serial_steps} steps",
-        )  # fmt: skip
+        )
         return parallel, serial
 
     def convert_and_finetune(self, parallel: str, serial: str) -> tuple[str, str]:
@@ -183,8 +238,15 @@ class Demo:
 
         def tune() -> str:
             _stage(f"fine-tuning the k={c.k} student alone (L_CE), {c.finetune_steps} steps")
-            return finetune(converted, self.train_data, tuned, eval_data=self.eval_data, steps=c.finetune_steps,
-                            batch_size=c.batch_size, learning_rate=c.learning_rate / 3)  # fmt: skip
+            return finetune(
+                converted,
+                self.train_data,
+                tuned,
+                eval_data=self.eval_data,
+                steps=c.finetune_steps,
+                batch_size=c.batch_size,
+                learning_rate=c.learning_rate / 3,
+            )
 
         self.once(f"finetune-k{c.k}", tuned, tune)
         return tuned, small
@@ -206,8 +268,13 @@ class Demo:
 
             def run_export(name=name, source_dir=source_dir, which=which, precisions=precisions, out=out) -> None:
                 _stage(f"export: {name} ({'every precision' if precisions is None else ', '.join(precisions)})")
-                config = ExportConfig(precisions=precisions, eval_data=self.eval_data,
-                                      calibration_data=self.train_data, qat_steps=c.qat_steps, calibration_batches=4)  # fmt: skip
+                config = ExportConfig(
+                    precisions=precisions,
+                    eval_data=self.eval_data,
+                    calibration_data=self.train_data,
+                    qat_steps=c.qat_steps,
+                    calibration_batches=4,
+                )
                 export(export_source(source_dir, which), out, config)
 
             self.once(f"export-{name}", out, run_export)
@@ -219,17 +286,28 @@ class Demo:
 
         c = self.config
         teacher, student, small = dirs["teacher"], dirs["student"], dirs["student-small"]
-        models = [os.path.join(teacher, "tf-fp32"), os.path.join(teacher, "fp32.onnx"),
-                  os.path.join(teacher, "int8-dynamic.onnx"), os.path.join(small, "fp32.onnx"),
-                  os.path.join(small, "int8-dynamic.onnx")]  # fmt: skip
+        models = [
+            os.path.join(teacher, "tf-fp32"),
+            os.path.join(teacher, "fp32.onnx"),
+            os.path.join(teacher, "int8-dynamic.onnx"),
+            os.path.join(small, "fp32.onnx"),
+            os.path.join(small, "int8-dynamic.onnx"),
+        ]
         precisions = ONNX_PRECISIONS if c.all_precisions else [p for p in QUICK_PRECISIONS if p in ONNX_PRECISIONS]
         models += [os.path.join(student, f"{p}.onnx") for p in precisions]
         models.append(os.path.join(student, "tf-fp32"))
         report = self.path("bench")
         _stage(f"benchmark: {len(models)} models x batch {', '.join(map(str, c.bench_batches))}")
-        config = BenchConfig(models=models, batches=list(c.bench_batches), duration=c.bench_duration,
-                             runs=c.bench_runs, report=report, baseline=models[0], profile=True,
-                             command=f"vidistill demo --out {self.out}")  # fmt: skip
+        config = BenchConfig(
+            models=models,
+            batches=list(c.bench_batches),
+            duration=c.bench_duration,
+            runs=c.bench_runs,
+            report=report,
+            baseline=models[0],
+            profile=True,
+            command=f"vidistill demo --out {self.out}",
+        )
         rows, bench = run_benchmark(config)
         return rows, bench.notes, report
 
@@ -245,9 +323,11 @@ class Demo:
         rows, notes, report = self._timed("bench", lambda: self.bench(dirs))
         table = final_table(rows, self.config.bench_batches)
         checks = target_table(rows, self.config.bench_batches)
-        text = (f"{table}\n\n{checks}\n\nspeed-up: p50 latency at batch {self.config.bench_batches[0]} against the teacher served "
-                f"as a TF SavedModel (same machine, same run).\nreport: {os.path.join(report, 'report.md')}  "
-                f"plot: {os.path.join(report, 'pareto.png')}")  # fmt: skip
+        text = (
+            f"{table}\n\n{checks}\n\nspeed-up: p50 latency at batch {self.config.bench_batches[0]} against the teacher "
+            f"served as a TF SavedModel (same machine, same run).\nreport: {os.path.join(report, 'report.md')}  "
+            f"plot: {os.path.join(report, 'pareto.png')}"
+        )
         for note in notes:
             text += f"\nnote: {note}"
         text += "\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in self.timings.items())
@@ -261,8 +341,10 @@ def run_demo(out: str, *, quick: bool = False, resume: bool = False, overwrite: 
     its saved demo.yaml) or `overwrite` (delete it first)."""
     if os.path.exists(out) and os.listdir(out) and not resume:
         if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty: pass --resume to continue it, --overwrite "
-                                  "to start again, or another --out")  # fmt: skip
+            raise FileExistsError(
+                f"{out} exists and is not empty: pass --resume to continue it, --overwrite "
+                "to start again, or another --out"
+            )
         shutil.rmtree(out)
     config = DemoConfig.quick() if quick else DemoConfig()
     saved = os.path.join(out, "demo.yaml")
@@ -300,16 +382,29 @@ def final_table(rows: list[dict], batches) -> str:
         try:
             card = read_card(row["path"])
             size = card.file_bytes / 1e6
-            checked = ("not checked here" if card.parity is None
-                       else "passed" if card.parity.passed else "FAILED (see its card)")
+            checked = (
+                "not checked here"
+                if card.parity is None
+                else "passed"
+                if card.parity.passed
+                else "FAILED (see its card)"
+            )
         except (FileNotFoundError, ValueError):
             size, checked = None, "no card"
-        lines.append({
-            "model": model, "precision": row.get("precision"), "GAP": row.get("gap"), "mAP": row.get("map"),
-            f"p50 ms @{small}": entry.get("p50"), f"videos/s @{large}": entry.get("throughput"), "MB": size,
-            "speed-up": f"{entry['speedup']:.1f}x" if entry.get("speedup") else "", "export check": checked,
-            "bench": entry.get("status"),
-        })  # fmt: skip
+        lines.append(
+            {
+                "model": model,
+                "precision": row.get("precision"),
+                "GAP": row.get("gap"),
+                "mAP": row.get("map"),
+                f"p50 ms @{small}": entry.get("p50"),
+                f"videos/s @{large}": entry.get("throughput"),
+                "MB": size,
+                "speed-up": f"{entry['speedup']:.1f}x" if entry.get("speedup") else "",
+                "export check": checked,
+                "bench": entry.get("status"),
+            }
+        )
     return tabulate(lines, headers="keys", floatfmt=".4g", tablefmt="github")
 
 
@@ -337,20 +432,36 @@ def target_table(rows: list[dict], batches) -> str:
         if t and s:
             flops = read_card(t["path"]).flops_per_video / read_card(s["path"]).flops_per_video
             speed = t["p50_ms"] / s["p50_ms"]
-            add(f"student k vs teacher, ONNX fp32, batch {batch}: speed-up / FLOPs ratio", ">= 90%",
-                f"{speed:.1f}x / {flops:.1f}x = {100 * speed / flops:.0f}%", speed >= 0.9 * flops)
+            add(
+                f"student k vs teacher, ONNX fp32, batch {batch}: speed-up / FLOPs ratio",
+                ">= 90%",
+                f"{speed:.1f}x / {flops:.1f}x = {100 * speed / flops:.0f}%",
+                speed >= 0.9 * flops,
+            )
     o, t = _cell(rows, "student/fp32", small), _cell(rows, "student/tf-fp32", small)
     if o and t:
-        add(f"student: ONNX Runtime vs TF SavedModel, batch {small}", ">= 2x", f"{t['p50_ms'] / o['p50_ms']:.1f}x",
-            t["p50_ms"] >= 2 * o["p50_ms"])
+        add(
+            f"student: ONNX Runtime vs TF SavedModel, batch {small}",
+            ">= 2x",
+            f"{t['p50_ms'] / o['p50_ms']:.1f}x",
+            t["p50_ms"] >= 2 * o["p50_ms"],
+        )
     f, q = _cell(rows, "student/fp32", large), _cell(rows, "student/int8-dynamic", large)
     if f and q:
         ratio, drop = q["videos_per_s"] / f["videos_per_s"], 100 * (f["gap"] - q["gap"])
-        add(f"student: int8 vs fp32 throughput, batch {large}; GAP drop", ">= 2x; <= 0.5 points",
-            f"{ratio:.1f}x; {drop:.2f} points", ratio >= 2 and drop <= 0.5)
+        add(
+            f"student: int8 vs fp32 throughput, batch {large}; GAP drop",
+            ">= 2x; <= 0.5 points",
+            f"{ratio:.1f}x; {drop:.2f} points",
+            ratio >= 2 and drop <= 0.5,
+        )
     t, q = _cell(rows, "teacher/tf-fp32", small), _cell(rows, "student/int8-dynamic", small)
     if t and q:
         speed, drop = t["p50_ms"] / q["p50_ms"], 100 * (t["gap"] - q["gap"])
-        add(f"teacher TF SavedModel vs int8 student on ONNX Runtime, batch {small}; GAP drop", ">= 50x; <= 1 point",
-            f"{speed:.1f}x; {drop:.2f} points", speed >= 50 and drop <= 1)
+        add(
+            f"teacher TF SavedModel vs int8 student on ONNX Runtime, batch {small}; GAP drop",
+            ">= 50x; <= 1 point",
+            f"{speed:.1f}x; {drop:.2f} points",
+            speed >= 50 and drop <= 1,
+        )
     return tabulate(lines, headers="keys", tablefmt="github")

@@ -8,6 +8,11 @@ vidistill and keeps its traceback. `UserError` is a ValueError, so code that cat
 class UserError(ValueError):
     """Something the user can fix; the message names it (file, record, option) and says what to do."""
 
+    # Exception's own constructor: TensorFlow's autograph re-raises an error raised while tracing a tf.function
+    # with its own type only when the type's __init__ is Exception.__init__ (else it raises a StagingError, which
+    # the command line would show as a traceback)
+    __init__ = Exception.__init__
+
 
 class DataError(UserError):
     """Input data that cannot be used as it is; the message names the file (and record or line) and what to do."""

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow, like every package __init__
-
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 from vidistill.yt8m.errors import ConfigError
 
 

@@ -78,9 +78,7 @@ class VideoMetrics:
         if predictions.shape != labels.shape:
             raise ConfigError(f"predictions shape {predictions.shape} != labels shape {labels.shape}")
         if predictions.shape[1] != self.num_classes:
-            raise ConfigError(
-                f"expected {self.num_classes} classes (second dimension), got shape {predictions.shape}"
-            )
+            raise ConfigError(f"expected {self.num_classes} classes (second dimension), got shape {predictions.shape}")
         scores = predictions.astype(np.float64)  # exact for float16/32; entries are stored in float64
         batch = scores.shape[0]
         if batch == 0:

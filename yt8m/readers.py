@@ -180,9 +180,7 @@ def _record_name(path, index):
 
 
 def _multi_hot(labels, num_classes: int):
-    return tf.minimum(
-        tf.scatter_nd(labels[:, None], tf.ones_like(labels, tf.float32), [num_classes]), 1.0
-    )
+    return tf.minimum(tf.scatter_nd(labels[:, None], tf.ones_like(labels, tf.float32), [num_classes]), 1.0)
 
 
 def _first_failure(checks):
@@ -246,9 +244,7 @@ def _frame_byte_checks(frames, size: int, name: str):
 def _parse_frame_record(path, index, record, *, num_classes, max_frames, segments, bad_records):
     where = _record_name(path, index)
     context_spec = {**FRAME_CONTEXT, **(_SEGMENT_CONTEXT if segments else {})}
-    context, lists = tf.io.parse_single_sequence_example(
-        record, context_spec, FRAME_LISTS, example_name=where
-    )
+    context, lists = tf.io.parse_single_sequence_example(record, context_spec, FRAME_LISTS, example_name=where)
     checks = []
     video_id = _video_id(context, checks)
     rgb, audio = lists["rgb"], lists["audio"]
@@ -297,9 +293,7 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
         checks.append(
             (
                 in_video,
-                lambda: tf.strings.format(
-                    "segment_start_times {} fall outside its {} frames", (starts, num_frames)
-                ),
+                lambda: tf.strings.format("segment_start_times {} fall outside its {} frames", (starts, num_frames)),
             )
         )
         checks.append(_label_checks(seg_labels, num_classes, "segment_labels"))
@@ -307,6 +301,7 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
     valid = _check(all_ok, message, where, bad_records)
 
     with tf.control_dependencies([valid]):
+
         def decode(frames, size):
             return dequantize(tf.io.decode_raw(frames[:decodable], tf.uint8, fixed_length=size))
 
@@ -534,7 +529,7 @@ def read_ground_truth(pattern: str, *, num_classes: int = NUM_CLASSES) -> Ground
 
 
 def detect_format(pattern: str) -> str:
-    """"frame" (SequenceExample with rgb/audio feature lists) or "video" (Example with mean_rgb), from the first
+    """ "frame" (SequenceExample with rgb/audio feature lists) or "video" (Example with mean_rgb), from the first
     record of the first file."""
     first = list_files(pattern)[0]
     record = next(iter(tf.data.TFRecordDataset(first).take(1)), None)

@@ -65,15 +65,13 @@ def write_video_predictions(
     def lines() -> Iterator[str]:
         yield VIDEO_HEADER
         for raw, labels, values in zip(ids, top.tolist(), scores.tolist()):
-            pairs = " ".join("%d %g" % pair for pair in zip(labels, values))
+            pairs = " ".join(f"{label:d} {value:g}" for label, value in zip(labels, values))
             yield f"{_clean_id(raw, 'video id')},{pairs}"
 
     _atomic_write(path, lines())
 
 
-def read_video_predictions(
-    path: str | os.PathLike, num_classes: int = NUM_CLASSES
-) -> tuple[list[str], np.ndarray]:
+def read_video_predictions(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> tuple[list[str], np.ndarray]:
     """(ids in file order, float32 [N, num_classes] with the listed scores and 0 elsewhere)."""
     ids: list[str] = []
     rows: list[tuple[list[int], list[float]]] = []

@@ -15,8 +15,7 @@ from vidistill.export.external_data import fill_weights
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vidistill.bench.gpu.fill",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vidistill.bench.gpu.fill", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="graph-only ONNX files")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -27,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"{path}: {e}")
             continue
-        print(f"{path}: {filled['tensors']} tensors, {filled['bytes'] / 2**20:.1f} MiB in "
-              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        print(
+            f"{path}: {filled['tensors']} tensors, {filled['bytes'] / 2**20:.1f} MiB in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
     return 0
 
 

@@ -37,11 +37,19 @@ def _export_demo(demo: str, which: str, out: str) -> None:
     from vidistill.export.exporter import export
     from vidistill.sources import export_source
 
-    source_dir = os.path.join(demo, "students", f"k{K}-finetuned") if which == "student" else \
-        os.path.join(demo, "runs", f"parallel-k{K}")  # fmt: skip
+    source_dir = (
+        os.path.join(demo, "students", f"k{K}-finetuned")
+        if which == "student"
+        else os.path.join(demo, "runs", f"parallel-k{K}")
+    )
     data = os.path.join(demo, "data")
-    config = ExportConfig(precisions=DEMO_PRECISIONS, target="cuda", eval_data=os.path.join(data, "validate-*.tfrecord"),
-                          calibration_data=os.path.join(data, "train-*.tfrecord"), calibration_batches=4)  # fmt: skip
+    config = ExportConfig(
+        precisions=DEMO_PRECISIONS,
+        target="cuda",
+        eval_data=os.path.join(data, "validate-*.tfrecord"),
+        calibration_data=os.path.join(data, "train-*.tfrecord"),
+        calibration_batches=4,
+    )
     export(export_source(source_dir, "teacher" if which == "teacher" else "auto"), out, config)
 
 
@@ -113,11 +121,17 @@ def main(argv: list[str] | None = None) -> int:
             out = os.path.join(args.out, f"paper-{role}")
             shutil.rmtree(out, ignore_errors=True)
             _graph_only(work, out)
-    sizes = {os.path.relpath(p, args.out): os.path.getsize(p)
-             for p in glob.glob(os.path.join(args.out, "*", "*")) if os.path.isfile(p)}  # fmt: skip
+    sizes = {
+        os.path.relpath(p, args.out): os.path.getsize(p)
+        for p in glob.glob(os.path.join(args.out, "*", "*"))
+        if os.path.isfile(p)
+    }
     with atomic_write(os.path.join(args.out, "manifest.json")) as f:
-        json.dump({"files": sizes, "command": " ".join(["python -m vidistill.bench.gpu.prepare", *(argv or sys.argv[1:])])},
-                  f, indent=1)  # fmt: skip
+        json.dump(
+            {"files": sizes, "command": " ".join(["python -m vidistill.bench.gpu.prepare", *(argv or sys.argv[1:])])},
+            f,
+            indent=1,
+        )
     print(f"{args.out}: {len(sizes)} files, {sum(sizes.values()) / 2**20:.1f} MiB")
     return 0
 

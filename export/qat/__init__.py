@@ -32,14 +32,16 @@ import os
 from vidistill.export.errors import ExportError
 
 if os.environ.get("TF_USE_LEGACY_KERAS", "1").lower() not in ("1", "true"):  # vidistill/__init__ sets "1" unless set
-    raise ExportError(f"int8-qat needs Keras 2 (tensorflow-model-optimization), but TF_USE_LEGACY_KERAS is "
-                      f"{os.environ['TF_USE_LEGACY_KERAS']!r}: unset it or set it to 1")  # fmt: skip
+    raise ExportError(
+        f"int8-qat needs Keras 2 (tensorflow-model-optimization), but TF_USE_LEGACY_KERAS is "
+        f"{os.environ['TF_USE_LEGACY_KERAS']!r}: unset it or set it to 1"
+    )
 
-from vidistill.export.qat.data import finetune_dataset  # noqa: E402
-from vidistill.export.qat.quantizers import InputQuantizedDense, SymmetricQuantizer  # noqa: E402
-from vidistill.export.qat.report import QuantizationReport, quantization_report  # noqa: E402
-from vidistill.export.qat.scheme import SublayerQuantizeConfig, quantize_aware, quantize_custom_objects  # noqa: E402
-from vidistill.export.qat.training import calibrate, is_calibrated, qat_finetune, refresh_weight_ranges  # noqa: E402
+from vidistill.export.qat.data import finetune_dataset
+from vidistill.export.qat.quantizers import InputQuantizedDense, SymmetricQuantizer
+from vidistill.export.qat.report import QuantizationReport, quantization_report
+from vidistill.export.qat.scheme import SublayerQuantizeConfig, quantize_aware, quantize_custom_objects
+from vidistill.export.qat.training import calibrate, is_calibrated, qat_finetune, refresh_weight_ranges
 
 __all__ = [
     "InputQuantizedDense",

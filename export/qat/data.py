@@ -23,7 +23,11 @@ def finetune_dataset(pattern: str, source, batch_size: int) -> tf.data.Dataset:
             inputs = prepare_inputs(source, frames, num_frames)
             yield {"frames": inputs["frames"], "num_frames": inputs["num_frames"]}, labels.astype(np.float32)
 
-    spec = ({"frames": tf.TensorSpec([None, source.frames, FEATURE_SIZE], tf.float32),
-             "num_frames": tf.TensorSpec([None], tf.int32)},
-            tf.TensorSpec([None, source.classes], tf.float32))  # fmt: skip
+    spec = (
+        {
+            "frames": tf.TensorSpec([None, source.frames, FEATURE_SIZE], tf.float32),
+            "num_frames": tf.TensorSpec([None], tf.int32),
+        },
+        tf.TensorSpec([None, source.classes], tf.float32),
+    )
     return tf.data.Dataset.from_generator(generator, output_signature=spec)

@@ -91,9 +91,15 @@ class SymmetricQuantizer(QK.quantizers.Quantizer):
             # QuantizeAndDequantizeV2/V4 reject per-axis ranges when the range is given; V3 takes them
             # (straight-through gradient, no clipping: a kernel lies within its own range anyway).
             y = gen_array_ops.quantize_and_dequantize_v3(
-                value, low, high, num_bits=8, signed_input=True, range_given=True,
-                narrow_range=self.narrow_range, axis=x.shape.rank - 1,
-            )  # fmt: skip
+                value,
+                low,
+                high,
+                num_bits=8,
+                signed_input=True,
+                range_given=True,
+                narrow_range=self.narrow_range,
+                axis=x.shape.rank - 1,
+            )
         else:  # QuantizeAndDequantizeV4: straight-through gradient inside the range, zero outside
             y = tf.quantization.quantize_and_dequantize_v2(
                 value, low, high, signed_input=True, num_bits=8, range_given=True, narrow_range=self.narrow_range

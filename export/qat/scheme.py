@@ -20,7 +20,7 @@ QK = tfmot.quantization.keras
 
 # ------------------------------------------------------------------------------------------------ layer walking
 def _children(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    return list(layer._flatten_layers(include_self=False, recursive=False))  # noqa: SLF001 (tf_keras API)
+    return list(layer._flatten_layers(include_self=False, recursive=False))  # (tf_keras API)
 
 
 def _sublayer(layer: keras.layers.Layer, path: str) -> keras.layers.Layer:
@@ -134,7 +134,7 @@ class _KeepLayout(QK.QuantizeLayoutTransform):
     """No layout rewrite (tfmot's default would add asymmetric input quantizers, also on the int32 num_frames)."""
 
     def apply(self, model, layer_quantize_map):
-        inputs = {layer.name for layer in model._input_layers}  # noqa: SLF001
+        inputs = {layer.name for layer in model._input_layers}
         return model, {name: v for name, v in layer_quantize_map.items() if name not in inputs}
 
 
@@ -198,8 +198,9 @@ def quantize_aware(
             if target.name != layer.name:
                 raise RuntimeError(f"quantize_aware: layer order changed ({layer.name} -> {target.name})")
             target.set_weights(layer.get_weights())
-        if not any(isinstance(layer, QK.QuantizeWrapper) or hasattr(layer, "quantize_config")
-                   for layer in annotated.layers):  # fmt: skip
+        if not any(
+            isinstance(layer, QK.QuantizeWrapper) or hasattr(layer, "quantize_config") for layer in annotated.layers
+        ):
             model = annotated  # nothing tfmot can quantize (quantize_apply would refuse): all float
         else:
             model = QK.quantize_apply(annotated, scheme=_Scheme(per_channel))
@@ -220,8 +221,8 @@ def _quantizers(model: keras.Model):
     for wrapper in _wrappers(model):
         config = wrapper.quantize_config
         if isinstance(config, SublayerQuantizeConfig):
-            yield from ((q, "weight") for q in config._weights)  # noqa: SLF001
-            yield from ((q, "input") for q in config._inputs)  # noqa: SLF001
+            yield from ((q, "weight") for q in config._weights)
+            yield from ((q, "input") for q in config._inputs)
 
 
 def _refresh(model: keras.Model) -> None:

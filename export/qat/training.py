@@ -48,9 +48,7 @@ def calibrate(model: keras.Model, batches, *, steps: int | None = None) -> int:
 
 def is_calibrated(model: keras.Model) -> bool:
     """True when every range of the QAT model has been set (by `calibrate` or a training step)."""
-    return all(
-        bool(tf.reduce_all(quantizer.vars["max"] > 0)) for quantizer, _ in _quantizers(model) if quantizer.vars
-    )
+    return all(bool(tf.reduce_all(quantizer.vars["max"] > 0)) for quantizer, _ in _quantizers(model) if quantizer.vars)
 
 
 def qat_finetune(qat_model: keras.Model, dataset, *, steps: int, learning_rate: float = 1e-4) -> list[float]:

@@ -28,9 +28,14 @@ def run(args) -> int:
     rows = [["synthetic generation (write)", summary["videos"], f"{rate:.0f}", "1 run", f"{rate * 300:,.0f}"]]
     for stage in reader_stages(summary["train"], batch_size=args.batch_size):
         rows.append(
-            [f"reader: {stage.stage}", stage.videos, f"{stage.videos_per_second:.0f}", stage.spread,
-             f"{stage.videos_per_second * 300:,.0f}"]
-        )  # fmt: skip
+            [
+                f"reader: {stage.stage}",
+                stage.videos,
+                f"{stage.videos_per_second:.0f}",
+                stage.spread,
+                f"{stage.videos_per_second * 300:,.0f}",
+            ]
+        )
     print(f"machine: {machine()}; {args.videos} videos x 300 frames; batch {args.batch_size}")
     headers = ["stage", "videos", "videos/s (median)", "range over 3 passes", "frames/s"]
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))

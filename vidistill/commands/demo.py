@@ -11,7 +11,9 @@ HELP = "run the whole pipeline on built-in synthetic data and print the final ta
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole pipeline in under 3 minutes")
-    parser.add_argument("--resume", action="store_true", help="continue a killed demo in --out (finished stages are kept)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue a killed demo in --out (finished stages are kept)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete --out and start again")
 
 

@@ -26,9 +26,12 @@ def run(args) -> int:
     loaded = load_model(args.model, args.which)
     evaluate = evaluate_segments if args.segments else evaluate_model
     result = evaluate(
-        loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,
+        loaded.model,
+        args.data,
+        num_classes=loaded.num_classes,
+        max_frames=loaded.max_frames,
         batch_size=args.batch_size,
-    )  # fmt: skip
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     else:

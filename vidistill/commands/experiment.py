@@ -11,8 +11,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("name", choices=["table1"], help="which experiment")
     parser.add_argument("--out", required=True, help="experiment directory (data, runs, results.json, table1.md)")
     parser.add_argument("--quick", action="store_true", help="a miniature that runs in a few minutes")
-    parser.add_argument("--serial-pred-rows", action="store_true",
-                        help="also the paper's Serial L_pred and Serial L_pred, L_CE rows (10 more cells, about 8 min)")
+    parser.add_argument(
+        "--serial-pred-rows",
+        action="store_true",
+        help="also the paper's Serial L_pred and Serial L_pred, L_CE rows (10 more cells, about 8 min)",
+    )
 
 
 def run(args) -> int:

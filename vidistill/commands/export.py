@@ -12,23 +12,35 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("model", help="converted student directory (vidistill convert), or a run directory")
     parser.add_argument("--out", required=True, help="directory for <precision>.onnx and <precision>.json files")
-    parser.add_argument("--precision", help=f"comma-separated, of: {', '.join(PRECISIONS)} (default: all; "
-                        "int8-static and int8-qat need --calibration-data; fp32 is always made)")
-    parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto",
-                        help="for a run directory: which model to export (auto: the student if there is one)")
+    parser.add_argument(
+        "--precision",
+        help=f"comma-separated, of: {', '.join(PRECISIONS)} (default: all; "
+        "int8-static and int8-qat need --calibration-data; fp32 is always made)",
+    )
+    parser.add_argument(
+        "--which",
+        choices=["auto", "student", "teacher"],
+        default="auto",
+        help="for a run directory: which model to export (auto: the student if there is one)",
+    )
     parser.add_argument("--eval-data", help="held-out labeled records: parity and accuracy (else random videos)")
     parser.add_argument("--eval-videos", type=int, default=0, help="at most this many held-out videos (0: all)")
-    parser.add_argument("--calibration-data", help="TRAINING records for int8-static calibration and int8-qat "
-                        "fine-tuning (not the held-out data)")  # fmt: skip
+    parser.add_argument(
+        "--calibration-data",
+        help="TRAINING records for int8-static calibration and int8-qat fine-tuning (not the held-out data)",
+    )
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--qat-steps", type=int, default=50)
-    parser.add_argument("--target", choices=["cpu", "cuda"], default="cpu",
-                        help="provider the fp16/bf16 files are made for (its kernels decide what stays float32)")
+    parser.add_argument(
+        "--target",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="provider the fp16/bf16 files are made for (its kernels decide what stays float32)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
 
 
 def run(args) -> int:
-    import os
 
     from tabulate import tabulate
 
@@ -37,18 +49,25 @@ def run(args) -> int:
     from vidistill.sources import export_source
 
     config = ExportConfig(
-        precisions=[p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None, target=args.target,
-        eval_data=args.eval_data, eval_videos=args.eval_videos, calibration_data=args.calibration_data,
-        calibration_batches=args.calibration_batches, batch_size=args.batch_size, qat_steps=args.qat_steps,
-    )  # fmt: skip
+        precisions=[p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None,
+        target=args.target,
+        eval_data=args.eval_data,
+        eval_videos=args.eval_videos,
+        calibration_data=args.calibration_data,
+        calibration_batches=args.calibration_batches,
+        batch_size=args.batch_size,
+        qat_steps=args.qat_steps,
+    )
     source = export_source(args.model, args.which)
     cards = export(source, args.out, config)
     print(tabulate(summary_rows(cards), headers="keys", floatfmt=".4g"))
     failed = [c.precision for c in cards if c.parity is not None and not c.parity.passed]
     unchecked = [c.precision for c in cards if c.parity is None]
     if unchecked:
-        print(f"vidistill export: {', '.join(unchecked)} not checked here (made for --target {args.target}, which "
-              "this machine lacks): run `vidistill bench` on it there")
+        print(
+            f"vidistill export: {', '.join(unchecked)} not checked here (made for --target {args.target}, which "
+            "this machine lacks): run `vidistill bench` on it there"
+        )
     if failed:
         print(f"vidistill export: {', '.join(failed)} past tolerance (see the cards in {args.out})")
         return 1

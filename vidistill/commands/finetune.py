@@ -22,7 +22,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from vidistill.distill.finetune import finetune
 
-    out = finetune(args.student_dir, args.data, args.out, eval_data=args.eval_data, steps=args.steps,
-                   batch_size=args.batch_size, learning_rate=args.learning_rate, teacher_run=args.teacher_run)
+    out = finetune(
+        args.student_dir,
+        args.data,
+        args.out,
+        eval_data=args.eval_data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        teacher_run=args.teacher_run,
+    )
     print(f"fine-tuned student written to {out} (run: {os.path.join(out, 'run')})")
     return 0

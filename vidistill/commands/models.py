@@ -83,8 +83,13 @@ def _pair(args) -> int:
     rows = [
         ["teacher", t["family"], t["frames"], f"{t['parameters'] / 1e6:.2f} M", f"{t['flops_per_video'] / 1e9:.3f} G"],
         ["student", s["family"], s["frames"], f"{s['parameters'] / 1e6:.2f} M", f"{s['flops_per_video'] / 1e9:.3f} G"],
-        ["teacher / student", "", f"{t['frames'] / s['frames']:.1f}x", f"{result['parameter_ratio']:.2f}x",
-         f"{result['flops_ratio']:.2f}x"],
-    ]  # fmt: skip
+        [
+            "teacher / student",
+            "",
+            f"{t['frames'] / s['frames']:.1f}x",
+            f"{result['parameter_ratio']:.2f}x",
+            f"{result['flops_ratio']:.2f}x",
+        ],
+    ]
     print(tabulate(rows, headers=["", "family", "frames", "parameters", "FLOPs / video"], tablefmt="github"))
     return 0

@@ -29,17 +29,23 @@ def run(args) -> int:
         from vidistill.yt8m.submission import write_segment_predictions
 
         ids, scores = all_segment_predictions(
-            loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,
+            loaded.model,
+            args.data,
+            num_classes=loaded.num_classes,
+            max_frames=loaded.max_frames,
             batch_size=args.batch_size,
-        )  # fmt: skip
+        )
         write_segment_predictions(args.out, ids, scores)
         print(f"wrote segment predictions for {len(ids)} segments to {args.out}")
         return 0
     ids, scores = [], []
     for batch_ids, batch_scores, _ in predictions(
-        loaded.model, args.data, num_classes=loaded.num_classes, max_frames=loaded.max_frames,
+        loaded.model,
+        args.data,
+        num_classes=loaded.num_classes,
+        max_frames=loaded.max_frames,
         batch_size=args.batch_size,
-    ):  # fmt: skip
+    ):
         ids.extend(batch_ids)
         scores.append(batch_scores)
     write_video_predictions(args.out, ids, np.concatenate(scores))

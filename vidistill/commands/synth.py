@@ -41,7 +41,9 @@ def run(args) -> int:
     )
     old = existing_records(args.out)
     if old and not args.overwrite:
-        raise FileExistsError(f"{args.out} already holds {len(old)} .tfrecord file(s): pass --overwrite or another --out")
+        raise FileExistsError(
+            f"{args.out} already holds {len(old)} .tfrecord file(s): pass --overwrite or another --out"
+        )
     for name in old:
         os.remove(os.path.join(args.out, name))
     summary = write_dataset(config, args.out, workers=args.workers)

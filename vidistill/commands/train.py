@@ -84,5 +84,7 @@ def run(args) -> int:
     print(f"trained to step {summary['step']}; run directory {args.out}")
     if summary["last_eval"]:
         e = summary["last_eval"]
-        print(f"held-out: GAP {e['gap']:.4f}  mAP {e['map']:.4f}  Hit@1 {e['hit_at_one']:.4f}  ({e['num_videos']} videos)")
+        print(
+            f"held-out: GAP {e['gap']:.4f}  mAP {e['map']:.4f}  Hit@1 {e['hit_at_one']:.4f}  ({e['num_videos']} videos)"
+        )
     return 0
