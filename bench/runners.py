@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
+
 from vidistill.yt8m.errors import ConfigError
 
 from vidistill.export.sessions import (

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import psutil
+
 from vidistill.yt8m.errors import ConfigError
 
 PERCENTILES = (50, 90, 99)

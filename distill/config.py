@@ -28,6 +28,7 @@ class DataConfig:
     eval_batch_size: int = 64
     shuffle_buffer: int = 256  # videos (a full-length video is 1.4 MB of float32 frames)
     eval_videos: int = 0  # held-out videos per periodic evaluation (0 = all)
+    skip_bad_records: bool = False  # skip (print and count) bad records instead of stopping at the first
 
 
 @dataclass
@@ -99,9 +100,33 @@ class TrainConfig:
             raise ConfigError(
                 f"teacher has {self.teacher.num_classes} classes but the student {self.student.model.num_classes}"
             )
-        for name in ("steps", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        counts = {
+            "steps": self.steps,
+            "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": self.keep_checkpoints,
+            "data.batch_size": self.data.batch_size,
+            "data.eval_batch_size": self.data.eval_batch_size,
+            "data.shuffle_buffer": self.data.shuffle_buffer,
+            "data.max_frames": self.data.max_frames,
+            "optimizer.decay_steps": self.optimizer.decay_steps,
+        }
+        for name, value in counts.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        for name, value in {
+            "eval_every": self.eval_every,
+            "average_last": self.average_last,
+            "data.eval_videos": self.data.eval_videos,
+        }.items():
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        for name, value in {
+            "optimizer.learning_rate": self.optimizer.learning_rate,
+            "optimizer.decay_rate": self.optimizer.decay_rate,
+            "optimizer.clip_norm": self.optimizer.clip_norm,
+        }.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
         if self.teacher and self.teacher.frames != self.data.max_frames:
             raise ConfigError(
                 f"the teacher takes {self.teacher.frames} frames but data.max_frames is {self.data.max_frames}: "

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from vidistill.distill.losses import cross_entropy
 from vidistill.yt8m.metrics import VideoMetrics
-from vidistill.yt8m.readers import data_errors, read_frame_dataset
+from vidistill.yt8m.readers import BadRecords, data_errors, read_frame_dataset
 from vidistill.yt8m.errors import ConfigError
 
 
@@ -23,12 +23,25 @@ def _predictor(model):
 
 
 def predictions(
-    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, max_videos: int = 0
+    model,
+    pattern: str,
+    *,
+    num_classes: int,
+    max_frames: int,
+    batch_size: int = 64,
+    max_videos: int = 0,
+    bad_records: BadRecords | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    """(ids, predictions [B, C], labels [B, C]) batch by batch, in file order."""
+    """(ids, predictions [B, C], labels [B, C]) batch by batch, in file order (`bad_records`: skip and count
+    bad records instead of stopping at the first)."""
     predict = _predictor(model)
     ds = read_frame_dataset(
-        pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, deterministic=True
+        pattern,
+        num_classes=num_classes,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        deterministic=True,
+        bad_records=bad_records,
     )
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
@@ -39,13 +52,26 @@ def predictions(
 
 
 def evaluate_model(
-    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, max_videos: int = 0
+    model,
+    pattern: str,
+    *,
+    num_classes: int,
+    max_frames: int,
+    batch_size: int = 64,
+    max_videos: int = 0,
+    bad_records: BadRecords | None = None,
 ) -> dict:
     """Hit@1, PERR, GAP@20, mAP and the mean L_CE of a model over labeled frame-level records."""
     metrics = VideoMetrics(num_classes)
     losses = []
     for _, scores, labels in predictions(
-        model, pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, max_videos=max_videos
+        model,
+        pattern,
+        num_classes=num_classes,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        max_videos=max_videos,
+        bad_records=bad_records,
     ):
         metrics.accumulate(scores, labels)
         losses.append((float(cross_entropy(labels, scores)), len(labels)))  # the training loss, batch mean
@@ -62,7 +88,9 @@ def _fit_frames(frames, num_frames, length: int):
     return frames, tf.minimum(num_frames, length)
 
 
-def rated_segment_predictions(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64):
+def rated_segment_predictions(
+    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, bad_records=None
+):
     """(segment ids "vid:start", predictions [S, C], labels [S, C], label_weights [S, C]) of the rated segments of
     2019-style records: each segment's 5 frames go through the model as a short video."""
     predict = _predictor(model)
@@ -73,6 +101,7 @@ def rated_segment_predictions(model, pattern: str, *, num_classes: int, max_fram
         batch_size=batch_size,
         segment_labels=True,
         deterministic=True,
+        bad_records=bad_records,
     )
     ids, scores, labels, weights = [], [], [], []
     with data_errors():
@@ -87,12 +116,14 @@ def rated_segment_predictions(model, pattern: str, *, num_classes: int, max_fram
     return ids, np.concatenate(scores), np.concatenate(labels), np.concatenate(weights)
 
 
-def evaluate_segments(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64) -> dict:
+def evaluate_segments(
+    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, bad_records=None
+) -> dict:
     """The Kaggle 2019 segment MAP@100000 over the rated segments (only rated classes are ranked)."""
     from vidistill.yt8m.segment_metrics import segment_map
 
     ids, scores, labels, weights = rated_segment_predictions(
-        model, pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size
+        model, pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, bad_records=bad_records
     )
     truth: dict[int, dict[str, float]] = {}
     for row, col in zip(*np.nonzero(weights)):
@@ -101,14 +132,21 @@ def evaluate_segments(model, pattern: str, *, num_classes: int, max_frames: int,
     return segment_map(truth, order)
 
 
-def all_segment_predictions(model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64):
+def all_segment_predictions(
+    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, bad_records=None
+):
     """(segment ids, predictions [S, C]) for every 5-frame chunk (starts 0, 5, 10, ...) of every video, as the
     official segment inference cuts them (the last partial chunk zero-padded)."""
     from vidistill.yt8m.constants import SEGMENT_FRAMES
 
     predict = _predictor(model)
     ds = read_frame_dataset(
-        pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, deterministic=True
+        pattern,
+        num_classes=num_classes,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        deterministic=True,
+        bad_records=bad_records,
     )
     chunks = -(-max_frames // SEGMENT_FRAMES)
     ids, scores = [], []

@@ -21,6 +21,7 @@ def finetune(
     batch_size: int = 32,
     learning_rate: float = 1e-4,
     teacher_run: str = "",
+    skip_bad_records: bool = False,
     progress: bool = True,
 ) -> str:
     """Fine-tunes the student in `student_dir` on the records `data` and writes the result to `out` (which must be
@@ -34,7 +35,11 @@ def finetune(
         teacher_run=teacher_run,
         init_student=student_dir,
         data=DataConfig(
-            train=data, eval=eval_data, batch_size=batch_size, max_frames=teacher.frames if teacher else 300
+            train=data,
+            eval=eval_data,
+            batch_size=batch_size,
+            max_frames=teacher.frames if teacher else 300,
+            skip_bad_records=skip_bad_records,
         ),
         optimizer=OptimizerConfig(learning_rate=learning_rate),
         steps=steps,

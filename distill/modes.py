@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+
 from vidistill.yt8m.errors import ConfigError
 
 

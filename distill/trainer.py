@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from vidistill.distill.distiller import Distiller
 from vidistill.students.convert import load_student_weights
 from vidistill.students.student import RepresentationProjection, build_student
 from vidistill.teachers.registry import build_model
-from vidistill.yt8m.readers import list_files, read_frame_dataset
+from vidistill.yt8m.readers import BadRecords, list_files, read_frame_dataset
 from vidistill.yt8m.errors import ConfigError, UserError
 
 CHECKPOINTS = "checkpoints"
@@ -125,7 +126,7 @@ def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(schedule, clipnorm=o.clip_norm)  # clipnorm: each gradient separately
 
 
-def _train_dataset(config: TrainConfig) -> tf.data.Dataset:
+def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """Shuffled, repeated forever; under several workers each keeps every n-th batch (auto-shard by data)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -139,6 +140,7 @@ def _train_dataset(config: TrainConfig) -> tf.data.Dataset:
         num_epochs=None,
         drop_remainder=True,
         seed=config.seed,
+        bad_records=bad_records,
     ).with_options(options)
 
 
@@ -192,15 +194,64 @@ class _Checkpointer(keras.callbacks.Callback):
             return  # never checkpoint a diverged model
         step = int(self.run.optimizer.iterations.numpy())
         self.run.manager.save(checkpoint_number=step)
+        started, first_step = self.run.segment
+        self.run._write_line(
+            "train.jsonl", {"step": step, "seconds": time.perf_counter() - started, "from_step": first_step}
+        )
         every = self.run.config.eval_every
         if self.run.config.data.eval and every and (step % every < self.run.config.checkpoint_every):
             self.run.evaluate_and_keep_best(step)
 
 
-class Run:
-    """One training run in `run_dir` (created, or resumed with resume=True)."""
+RUN_FILES = ("config.yaml", CHECKPOINTS, "logs", "metrics.jsonl", "train.jsonl", "workers")  # what a run writes
 
-    def __init__(self, config: TrainConfig, run_dir: str, *, resume: bool = False, strategy=None):
+
+def is_claimed(run_dir: str) -> bool:
+    """A run directory is claimed by its first checkpoint: a config.yaml alone is a start that failed or was killed
+    before it saved anything, and a new run may take its place."""
+    return tf.train.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS)) is not None
+
+
+def _clear_run(run_dir: str) -> None:
+    """Removes what a run writes (RUN_FILES) from `run_dir`, and nothing else that may be there."""
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _remove_partial_checkpoints(directory: str) -> None:
+    """A kill during a save leaves `ckpt-N_temp` folders that no checkpoint pointer names: removed on resume."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.endswith("_temp"):
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+class _TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard logging at the run's own steps: Keras counts from 0 at every fit, so the steps of a resumed
+    run would start again at 0 (overlapping the first segment's)."""
+
+    def __init__(self, optimizer, log_dir: str, update_freq: int):
+        super().__init__(log_dir, update_freq=update_freq)
+        self.optimizer = optimizer
+
+    def on_train_begin(self, logs=None):
+        self.model._train_counter.assign(self.optimizer.iterations)  # fit has just set it to 0
+        super().on_train_begin(logs)
+
+
+class Run:
+    """One training run in `run_dir`: a new one (`overwrite` replaces a run already there), or the run there
+    continued (`resume`)."""
+
+    def __init__(
+        self, config: TrainConfig, run_dir: str, *, resume: bool = False, overwrite: bool = False, strategy=None
+    ):
+        if resume and overwrite:
+            raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         config.validate()
         if config.student is not None and config.student.k > config.data.max_frames:
             raise ConfigError(
@@ -211,13 +262,19 @@ class Run:
         self.strategy = strategy or default_strategy()
         self.is_chief, task_id = _worker(self.strategy)
         checkpoint_dir = run_dir if self.is_chief else os.path.join(run_dir, "workers", str(task_id))
-        existing = os.path.exists(os.path.join(run_dir, "config.yaml"))
+        started = os.path.exists(os.path.join(run_dir, "config.yaml"))
+        claimed = is_claimed(run_dir)
         if not self.is_chief:
-            existing = resume  # the chief owns the run directory; a worker follows it
-        if existing and not resume:
-            raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
-        if resume and not existing:
+            started = claimed = resume  # the chief owns the run directory; a worker follows it
+        if claimed and not resume and not overwrite:
+            raise FileExistsError(
+                f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                "or another --out"
+            )
+        if resume and not started:
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no config.yaml")
+        resume = resume and claimed  # a start that saved no checkpoint is started again (its config may change)
+        self.fresh = not resume  # the run's files in run_dir are replaced once the models are built
         if resume:
             saved = load_train_config(run_dir).resolve()  # a config.yaml from before loss.head holds no head
             if saved.to_dict() | {"steps": 0} != config.to_dict() | {"steps": 0}:
@@ -245,6 +302,8 @@ class Run:
             )
             self.distiller.compile(optimizer=self.optimizer)
         # models that cannot be built (e.g. loss.head "teacher" with a narrower student) fail before this point
+        if self.fresh and self.is_chief:
+            _clear_run(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         if self.is_chief:
             save_train_config(config, run_dir)
@@ -256,9 +315,11 @@ class Run:
             self.checkpoint, os.path.join(checkpoint_dir, BEST), max_to_keep=1
         )
         self.best_gap = _best_gap(run_dir)
+        _remove_partial_checkpoints(self.manager.directory)
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             self.distiller.head_policy.after_restore()
+        self.bad_records = BadRecords() if config.data.skip_bad_records else None  # counted over the whole run
         self.nan_guard = _NaNGuard()
         self.last_eval_step = -1
 
@@ -272,16 +333,18 @@ class Run:
         if self.step >= config.steps:
             return self.summary()
         interval = config.checkpoint_every
-        dataset = _train_dataset(config)  # fit distributes it over the strategy the models were built under
+        dataset = _train_dataset(
+            config, self.bad_records
+        )  # fit distributes it over the strategy the models were built under
         callbacks = [
             self.nan_guard,
             _StepLimit(self.optimizer, config.steps),
             _Checkpointer(self),
-            keras.callbacks.TensorBoard(os.path.join(self.run_dir, "logs"), update_freq=max(1, interval // 10)),
+            _TensorBoard(self.optimizer, os.path.join(self.run_dir, "logs"), update_freq=max(1, interval // 10)),
         ]
         if progress:
             callbacks.append(_Progress(config.steps, self.step))
-        started = time.perf_counter()
+        self.segment = (time.perf_counter(), self.step)  # train.jsonl: a line per checkpoint of this segment
         # one Keras epoch = one checkpoint interval; _StepLimit ends the run at exactly config.steps
         self.distiller.fit(
             dataset,
@@ -297,7 +360,6 @@ class Run:
                 f"the loss became non-finite at step {self.step} ({self.nan_guard.bad}); training stopped and the "
                 f"last good checkpoint is kept ({last}). Lower the learning rate or the loss weights, then --resume"
             )
-        self._write_line("train.jsonl", {"step": self.step, "seconds": time.perf_counter() - started})
         if config.data.eval and self.last_eval_step != self.step:
             self.evaluate_and_keep_best(self.step)
         if config.average_last > 1:
@@ -346,6 +408,7 @@ class Run:
             max_frames=self.config.data.max_frames,
             batch_size=self.config.data.eval_batch_size,
             max_videos=self.config.data.eval_videos,
+            bad_records=self.bad_records,
         )
         # every worker evaluates (same weights, same data: the same decision below, so that all of them take
         # part in the same checkpoint saves); only the chief writes files
@@ -363,7 +426,10 @@ class Run:
     def summary(self) -> dict:
         path = os.path.join(self.run_dir, "metrics.jsonl")
         lines = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-        return {"step": self.step, "run_dir": self.run_dir, "last_eval": lines[-1] if lines else None}
+        summary = {"step": self.step, "run_dir": self.run_dir, "last_eval": lines[-1] if lines else None}
+        if self.bad_records is not None:
+            summary["bad_records"] = self.bad_records.count  # in this process (a resumed run counts from its start)
+        return summary
 
     def _write_line(self, name: str, record: dict) -> None:
         if not self.is_chief:
@@ -372,9 +438,12 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
 
-def train(config: TrainConfig, run_dir: str, *, resume: bool = False, progress: bool = True) -> dict:
-    """Trains `config` into `run_dir` (continuing its checkpoints with `resume`); returns the run's summary."""
-    return Run(config, run_dir, resume=resume).train(progress=progress)
+def train(
+    config: TrainConfig, run_dir: str, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> dict:
+    """Trains `config` into `run_dir` (continuing its checkpoints with `resume`, replacing a run there with
+    `overwrite`); returns the run's summary."""
+    return Run(config, run_dir, resume=resume, overwrite=overwrite).train(progress=progress)
 
 
 def _best_gap(run_dir: str) -> float | None:

@@ -97,7 +97,9 @@ class HeldOut:
                 frames[np.arange(t)[None, :] >= num_frames[:, None]] = 0
                 yield frames, num_frames, None
             return
-        yield from record_batches(config.eval_data, self.source, config.batch_size, config.eval_videos)
+        yield from record_batches(
+            config.eval_data, self.source, config.batch_size, config.eval_videos, bad_records=self.bad_records
+        )
 
 
 def _metrics(predictions: list[np.ndarray], labels: list[np.ndarray], classes: int) -> dict:
@@ -120,8 +122,9 @@ def _versions() -> dict:
 
 
 class Exporter:
-    def __init__(self, source: ExportSource, out_dir: str, config: ExportConfig):
+    def __init__(self, source: ExportSource, out_dir: str, config: ExportConfig, *, bad_records=None):
         self.source, self.out_dir, self.config = source, out_dir, config
+        self.bad_records = bad_records  # a readers.BadRecords: the record readers skip and count bad records
         self.fp32: onnx.ModelProto | None = None
         self.held_out: HeldOut | None = None
         self.cards: list[ModelCard] = []
@@ -155,7 +158,11 @@ class Exporter:
     def _calibration_inputs(self) -> Iterator[dict[str, np.ndarray]]:
         pattern = self.config.calibration_data
         batches = record_batches(
-            pattern, self.source, self.config.batch_size, self.config.calibration_batches * self.config.batch_size
+            pattern,
+            self.source,
+            self.config.batch_size,
+            self.config.calibration_batches * self.config.batch_size,
+            bad_records=self.bad_records,
         )
         for frames, num_frames, _ in batches:
             yield prepare_inputs(self.source, frames, num_frames)
@@ -164,7 +171,9 @@ class Exporter:
         from vidistill.export import qat
 
         model = qat.quantize_aware(self.source.network)
-        dataset = qat.finetune_dataset(self.config.calibration_data, self.source, self.config.batch_size)
+        dataset = qat.finetune_dataset(
+            self.config.calibration_data, self.source, self.config.batch_size, bad_records=self.bad_records
+        )
         losses = qat.qat_finetune(
             model, dataset, steps=self.config.qat_steps, learning_rate=self.config.qat_learning_rate
         )
@@ -304,9 +313,12 @@ class Exporter:
         return card
 
 
-def export(source: ExportSource, out_dir: str, config: ExportConfig | None = None) -> list[ModelCard]:
-    """Writes DIR/<precision>.onnx (or DIR/tf-*/ SavedModels) and DIR/<precision>.json for each precision."""
-    return Exporter(source, out_dir, config or ExportConfig()).run()
+def export(
+    source: ExportSource, out_dir: str, config: ExportConfig | None = None, *, bad_records=None
+) -> list[ModelCard]:
+    """Writes DIR/<precision>.onnx (or DIR/tf-*/ SavedModels) and DIR/<precision>.json for each precision;
+    `bad_records` (a readers.BadRecords): the held-out and calibration readers skip and count bad records."""
+    return Exporter(source, out_dir, config or ExportConfig(), bad_records=bad_records).run()
 
 
 def summary_rows(cards: list[ModelCard]) -> list[dict]:

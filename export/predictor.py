@@ -54,13 +54,19 @@ def prepare_inputs(card, frames: np.ndarray, num_frames) -> dict[str, np.ndarray
     return {"frames": fitted, "num_frames": counts.astype(np.int32)}
 
 
-def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0):
+def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0, bad_records=None):
     """Labeled frame-level records -> (frames [B, T, 1152] whole videos, num_frames [B], labels [B, C]) per batch,
-    in file order, T = `frames_to_read(model)` (needs TensorFlow); at most `max_videos` videos (0: all)."""
+    in file order, T = `frames_to_read(model)` (needs TensorFlow); at most `max_videos` videos (0: all);
+    `bad_records` (a readers.BadRecords): skip and count bad records."""
     from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
     ds = read_frame_dataset(
-        pattern, num_classes=model.classes, max_frames=frames_to_read(model), batch_size=batch_size, deterministic=True
+        pattern,
+        num_classes=model.classes,
+        max_frames=frames_to_read(model),
+        batch_size=batch_size,
+        deterministic=True,
+        bad_records=bad_records,
     )
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
@@ -108,8 +114,9 @@ class Predictor:
             outputs.append(self.predict(frames, lengths)["predictions"])
         return np.concatenate(outputs) if outputs else np.zeros((0, self.card.classes), np.float32)
 
-    def predict_records(self, pattern: str, batch_size: int = 64):
-        """(ids, probabilities [B, C], labels [B, C]) per batch of frame-level tfrecords (needs TensorFlow)."""
+    def predict_records(self, pattern: str, batch_size: int = 64, bad_records=None):
+        """(ids, probabilities [B, C], labels [B, C]) per batch of frame-level tfrecords (needs TensorFlow);
+        `bad_records` (a readers.BadRecords): skip and count bad records."""
         from vidistill.yt8m.readers import data_errors, read_frame_dataset
 
         ds = read_frame_dataset(
@@ -118,6 +125,7 @@ class Predictor:
             max_frames=frames_to_read(self.card),
             batch_size=batch_size,
             deterministic=True,
+            bad_records=bad_records,
         )
         with data_errors():
             for batch in ds.as_numpy_iterator():

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
+
 from vidistill.yt8m.errors import ConfigError
 
 

@@ -4,6 +4,7 @@ twin (students/selection_numpy.py). No TensorFlow: the Predictor imports it."""
 from __future__ import annotations
 
 import numpy as np
+
 from vidistill.yt8m.errors import ConfigError
 
 POLICIES = ("uniform", "random", "first", "middle", "last", "fml")

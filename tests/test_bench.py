@@ -383,3 +383,18 @@ def test_saved_model_runner_against_fp32_onnx(models, tmp_path):
     assert tf_row["providers_loaded"].startswith("TensorFlow") and tf_row["pct_peak"] > 0
     assert tf_row["speedup"] == pytest.approx(1.0)
     assert onnx_row["speedup"] == pytest.approx(tf_row["p50_ms"] / onnx_row["p50_ms"])
+
+
+def test_bench_exits_1_when_a_row_fails(models, tmp_path, capsys):
+    """0 only when every row asked for was measured: a model that cannot load, or a variant past its tolerance,
+    makes the command exit 1 (its rows and report are still written); a provider that is not on this machine is
+    a skipped row, not a failure."""
+    fast = ["--providers", "cpu", "--batch", "1", "--runs", "2", "--warmup", "0", "--peak-size", "64", "--quiet"]
+    for bad in ("broken", "wrong"):
+        report = tmp_path / bad
+        assert main(["bench", models["fp32"], models[bad], *fast, "--report", str(report)]) == 1
+        err = capsys.readouterr().err
+        assert "vidistill bench: 1 of 2 rows failed (see their status in the report)" in err, err
+        assert (report / "report.md").exists()
+    skipped = ["--providers", "cpu,cuda", *fast[2:]]
+    assert main(["bench", models["fp32"], *skipped, "--report", str(tmp_path / "ok")]) == 0

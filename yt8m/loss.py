@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 import tensorflow as tf
+
 from vidistill.yt8m.errors import ConfigError
 
 

@@ -23,7 +23,9 @@ from vidistill.yt8m.quantize import dequantize
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
 _MESSAGE_TAG = "yt8m-data-error"
-_SKIP_HINT = "fix or regenerate the file, or pass bad_records=BadRecords() to skip bad records"
+_SKIP_HINT = (
+    "fix or regenerate the file, or skip bad records (--skip-bad-records; in Python pass bad_records=BadRecords())"
+)
 
 
 def list_files(pattern: str) -> list[str]:

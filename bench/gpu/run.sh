@@ -78,7 +78,9 @@ bench() {  # bench NAME SECONDS MODELS...: one report per model set, stopped aft
 }
 # float files first (the teacher's fp32 is the speed-up baseline), the int8 ones last: on CUDA their quantized LSTMs
 # run on the CPU, the slowest cells, so a run cut short by its time limit loses those first
-order() { for dir in "$@"; do for p in fp32 fp16 bf16; do [[ -f "$dir/$p.onnx" ]] && echo "$dir/$p.onnx"; done; done
+# (the dry run leaves bf16 out: those files are made for CUDA, and the CPU provider has no bf16 kernels for them)
+floats="fp32 fp16 bf16"; [[ $DRY -eq 1 ]] && floats="fp32 fp16"
+order() { for dir in "$@"; do for p in $floats; do [[ -f "$dir/$p.onnx" ]] && echo "$dir/$p.onnx"; done; done
           for dir in "$@"; do for p in int8-dynamic int8-static; do [[ -f "$dir/$p.onnx" ]] && echo "$dir/$p.onnx"; done; done; }
 bench demo 180 $(order "$BUNDLE/demo-teacher" "$BUNDLE/demo-student")
 bench paper 300 $(order "$BUNDLE/paper-teacher" "$BUNDLE/paper-student")

@@ -10,7 +10,7 @@ from vidistill.export.predictor import prepare_inputs, record_batches
 from vidistill.yt8m.constants import FEATURE_SIZE
 
 
-def finetune_dataset(pattern: str, source, batch_size: int) -> tf.data.Dataset:
+def finetune_dataset(pattern: str, source, batch_size: int, *, bad_records=None) -> tf.data.Dataset:
     """Labeled frame-level records -> batches of ({"frames" [B, frames, 1152], "num_frames" [B]}, labels [B, C]
     float32), one pass in file order (`qat_finetune` repeats it). `source`: the ExportSource being exported.
 
@@ -19,7 +19,7 @@ def finetune_dataset(pattern: str, source, batch_size: int) -> tf.data.Dataset:
     frames chosen by its policy and seed (inference mode), a teacher's frames padded or cut to its length."""
 
     def generator():
-        for frames, num_frames, labels in record_batches(pattern, source, batch_size):
+        for frames, num_frames, labels in record_batches(pattern, source, batch_size, bad_records=bad_records):
             inputs = prepare_inputs(source, frames, num_frames)
             yield {"frames": inputs["frames"], "num_frames": inputs["num_frames"]}, labels.astype(np.float32)
 

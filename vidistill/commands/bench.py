@@ -8,6 +8,8 @@ report.json, pareto.png and rows.jsonl (rows as they are measured). TensorFlow i
 from __future__ import annotations
 
 import shlex
+import sys
+
 from vidistill.yt8m.errors import ConfigError
 
 HELP = "latency, throughput and roofline of ONNX files and SavedModels, with a report next to their GAP"
@@ -118,4 +120,11 @@ def run(args) -> int:
         print(f"note: {note}")
     print(summary_table(rows, COMPACT))
     print(f"report: {config.report}/report.md")
-    return 0 if any(is_ok(r) for r in rows) else 1
+    failed = [r for r in rows if str(r.get("status", "")).startswith("failed")]
+    if failed or not any(is_ok(r) for r in rows):
+        print(
+            f"vidistill bench: {len(failed)} of {len(rows)} rows failed (see their status in the report)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

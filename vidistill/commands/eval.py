@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from vidistill.commands.options import add_skip_bad_records, bad_records_for, report_bad_records
+
 HELP = "evaluate a run or a converted student: Hit@1, PERR, GAP, mAP"
 
 
@@ -15,6 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true")
+    add_skip_bad_records(parser)
 
 
 def run(args) -> int:
@@ -24,6 +27,7 @@ def run(args) -> int:
     from vidistill.distill.runs import load_model
 
     loaded = load_model(args.model, args.which)
+    bad_records = bad_records_for(args)
     evaluate = evaluate_segments if args.segments else evaluate_model
     result = evaluate(
         loaded.model,
@@ -31,10 +35,12 @@ def run(args) -> int:
         num_classes=loaded.num_classes,
         max_frames=loaded.max_frames,
         batch_size=args.batch_size,
+        bad_records=bad_records,
     )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(loaded.description)
         print(tabulate(result.items(), headers=["metric", "value"], floatfmt=".4f"))
+    report_bad_records(bad_records)
     return 0

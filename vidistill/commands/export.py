@@ -4,6 +4,8 @@ card (DIR/<precision>.json). Exits 1 when a variant is past its tolerance."""
 
 from __future__ import annotations
 
+from vidistill.commands.options import add_skip_bad_records, bad_records_for, report_bad_records
+
 HELP = "ONNX (fp32, fp16, bf16, int8) and TF SavedModel variants, each with parity, accuracy and a model card"
 
 
@@ -38,6 +40,7 @@ def add_arguments(parser) -> None:
         help="provider the fp16/bf16 files are made for (its kernels decide what stays float32)",
     )
     parser.add_argument("--batch-size", type=int, default=32)
+    add_skip_bad_records(parser)
 
 
 def run(args) -> int:
@@ -59,7 +62,9 @@ def run(args) -> int:
         qat_steps=args.qat_steps,
     )
     source = export_source(args.model, args.which)
-    cards = export(source, args.out, config)
+    bad_records = bad_records_for(args)
+    cards = export(source, args.out, config, bad_records=bad_records)
+    report_bad_records(bad_records)
     print(tabulate(summary_rows(cards), headers="keys", floatfmt=".4g"))
     failed = [c.precision for c in cards if c.parity is not None and not c.parity.passed]
     unchecked = [c.precision for c in cards if c.parity is None]

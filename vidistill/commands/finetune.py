@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from vidistill.commands.options import add_skip_bad_records
+
 import os
 
 HELP = "fine-tune a converted student (optionally still distilling from a teacher run)"
@@ -17,6 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--teacher-run", default="", help="keep distilling from this trained teacher (serial)")
+    add_skip_bad_records(parser)
 
 
 def run(args) -> int:
@@ -31,6 +34,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         teacher_run=args.teacher_run,
+        skip_bad_records=args.skip_bad_records,
     )
     print(f"fine-tuned student written to {out} (run: {os.path.join(out, 'run')})")
     return 0

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from vidistill.commands.options import add_skip_bad_records, bad_records_for, report_bad_records
+
 HELP = "write the official video-level predictions CSV"
 
 
@@ -14,6 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--segments", action="store_true", help="write the Class,Segments CSV")
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
+    add_skip_bad_records(parser)
 
 
 def run(args) -> int:
@@ -24,6 +27,7 @@ def run(args) -> int:
     from vidistill.yt8m.submission import write_video_predictions
 
     loaded = load_model(args.model, args.which)
+    bad_records = bad_records_for(args)
     if args.segments:
         from vidistill.distill.evaluate import all_segment_predictions
         from vidistill.yt8m.submission import write_segment_predictions
@@ -34,9 +38,11 @@ def run(args) -> int:
             num_classes=loaded.num_classes,
             max_frames=loaded.max_frames,
             batch_size=args.batch_size,
+            bad_records=bad_records,
         )
         write_segment_predictions(args.out, ids, scores)
         print(f"wrote segment predictions for {len(ids)} segments to {args.out}")
+        report_bad_records(bad_records)
         return 0
     ids, scores = [], []
     for batch_ids, batch_scores, _ in predictions(
@@ -45,9 +51,11 @@ def run(args) -> int:
         num_classes=loaded.num_classes,
         max_frames=loaded.max_frames,
         batch_size=args.batch_size,
+        bad_records=bad_records,
     ):
         ids.extend(batch_ids)
         scores.append(batch_scores)
     write_video_predictions(args.out, ids, np.concatenate(scores))
     print(f"wrote predictions for {len(ids)} videos to {args.out}")
+    report_bad_records(bad_records)
     return 0

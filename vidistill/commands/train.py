@@ -4,6 +4,8 @@ override it; the full resolved configuration is saved in the run directory as co
 from __future__ import annotations
 
 import dataclasses
+
+from vidistill.commands.options import add_skip_bad_records
 from vidistill.yt8m.errors import ConfigError
 
 HELP = "train teacher-student pairs (parallel, serial) or either alone"
@@ -27,6 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-every", type=int)
     parser.add_argument("--num-classes", type=int, help="override the models' number of classes")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out (its checkpoints, logs)")
+    add_skip_bad_records(parser)
 
 
 def resolve_config(args):
@@ -44,6 +48,8 @@ def resolve_config(args):
         config.mode = Mode.parse(args.mode, "--mode")
     if args.data:
         config.data.train = args.data
+    if args.skip_bad_records:
+        config.data.skip_bad_records = True
     if args.eval_data:
         config.data.eval = args.eval_data
     for flag, field in (("steps", "steps"), ("checkpoint_every", "checkpoint_every"), ("eval_every", "eval_every")):
@@ -78,7 +84,7 @@ def run(args) -> int:
     from vidistill.distill.trainer import Run
 
     config = resolve_config(args)
-    run = Run(config, args.out, resume=args.resume)
+    run = Run(config, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"strategy: {type(run.strategy).__name__}, {run.strategy.num_replicas_in_sync} replica(s) in sync")
     summary = run.train()
     print(f"trained to step {summary['step']}; run directory {args.out}")
@@ -86,5 +92,12 @@ def run(args) -> int:
         e = summary["last_eval"]
         print(
             f"held-out: GAP {e['gap']:.4f}  mAP {e['map']:.4f}  Hit@1 {e['hit_at_one']:.4f}  ({e['num_videos']} videos)"
+        )
+    if summary.get("bad_records") is not None:
+        count = summary["bad_records"]
+        print(
+            f"skipped {count} bad record reads (a bad record counts once per pass over the data)"
+            if count
+            else "no bad records"
         )
     return 0

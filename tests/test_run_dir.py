@@ -1,0 +1,85 @@
+"""The run directory over a run's life: claimed by its first checkpoint (a failed start does not block it), replaced
+with --overwrite, and resumed with TensorBoard steps, train.jsonl and checkpoints that go on where they stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tensorflow as tf
+
+from vidistill.cli import main
+from vidistill.teachers.config import save_config
+
+
+@pytest.fixture(scope="module")
+def teacher_yaml(tmp_path_factory, tiny_teacher):
+    path = tmp_path_factory.mktemp("models") / "teacher.yaml"
+    save_config(tiny_teacher, str(path))
+    return str(path)
+
+
+def _train(capsys, teacher_yaml, data, out, *extra) -> tuple[int, str]:
+    argv = ["train", "--mode", "teacher", "--teacher", teacher_yaml, "--data", data, "--out", str(out)]
+    argv += ["--batch-size", "4", "--checkpoint-every", "2", *map(str, extra)]
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def _events(run_dir, tag="batch_loss") -> list[int]:
+    folder = os.path.join(run_dir, "logs", "train")
+    steps = []
+    for name in sorted(os.listdir(folder)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return steps
+
+
+def test_a_failed_start_does_not_claim_the_directory(synth_data, teacher_yaml, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (tmp_path / "run").mkdir()
+    (run_dir / "notes.txt").write_text("the user's own file")
+    bad = str(tmp_path / "typo-*.tfrecord")
+    code, err = _train(capsys, teacher_yaml, bad, run_dir, "--steps", 2)
+    assert code == 2 and "typo-*.tfrecord" in err
+    # a start killed before its first checkpoint leaves a config.yaml (and logs): simulate one
+    (run_dir / "config.yaml").write_text("train: {mode: teacher, steps: 99}\n")
+    (run_dir / "logs").mkdir()
+    # --resume of that start begins again with the new configuration (the old one never trained)
+    code, err = _train(capsys, teacher_yaml, synth_data().train, run_dir, "--steps", 2, "--resume")
+    assert code == 0, err
+    assert sorted(os.listdir(run_dir)) == ["checkpoints", "config.yaml", "logs", "notes.txt", "train.jsonl"]
+    assert (run_dir / "notes.txt").read_text() == "the user's own file"
+    # now it is claimed: a new run needs --overwrite, which replaces the run's files and only those
+    code, err = _train(capsys, teacher_yaml, synth_data().train, run_dir, "--steps", 4)
+    assert code == 2 and "already holds a run: pass --resume to continue it, --overwrite to replace it" in err
+    code, err = _train(capsys, teacher_yaml, synth_data().train, run_dir, "--steps", 4, "--overwrite", "--resume")
+    assert code == 2 and "pass one of them" in err
+    code, err = _train(capsys, teacher_yaml, synth_data().train, run_dir, "--steps", 4, "--overwrite")
+    assert code == 0, err
+    assert sorted(os.listdir(run_dir / "checkpoints")) == sorted(
+        ["checkpoint", *(f"ckpt-{s}.{e}" for s in (2, 4) for e in ("index", "data-00000-of-00001"))]
+    )
+    assert [json.loads(line)["step"] for line in open(run_dir / "train.jsonl")] == [2, 4]  # the old run's are gone
+    assert (run_dir / "notes.txt").exists()
+
+
+def test_a_resumed_run_goes_on_where_it_stopped(synth_data, teacher_yaml, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, err = _train(capsys, teacher_yaml, synth_data().train, run_dir, "--steps", 4)
+    assert code == 0, err
+    partial = run_dir / "checkpoints" / "ckpt-6_temp"  # what a kill during a save leaves
+    partial.mkdir()
+    (partial / "part-00000-of-00001.data-00000-of-00001").write_text("half")
+    code, err = _train(capsys, teacher_yaml, synth_data().train, run_dir, "--steps", 8, "--resume")
+    assert code == 0, err
+    assert not partial.exists()
+    steps = _events(run_dir)
+    assert steps == sorted(steps) and len(set(steps)) == len(steps), steps  # no step logged twice
+    assert max(steps) >= 6 and min(steps) <= 2, steps  # the second segment logs steps 5-8, not 1-4 again
+    lines = [json.loads(line) for line in open(run_dir / "train.jsonl")]
+    assert [(line["step"], line["from_step"]) for line in lines] == [(2, 0), (4, 0), (6, 4), (8, 4)]
+    assert all(line["seconds"] > 0 for line in lines)
