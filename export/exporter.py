@@ -45,8 +45,8 @@ class HeldOut:
 
     CACHED_INPUT_BYTES = 512 * 2**20
 
-    def __init__(self, source: ExportSource, config: ExportConfig):
-        self.source, self.config = source, config
+    def __init__(self, source: ExportSource, config: ExportConfig, bad_records=None):
+        self.source, self.config, self.bad_records = source, config, bad_records
         self.labeled = config.eval_data is not None
         self.reference: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
@@ -266,7 +266,7 @@ class Exporter:
             yaml.safe_dump(
                 {"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False
             )
-        self.held_out = HeldOut(self.source, self.config)
+        self.held_out = HeldOut(self.source, self.config, self.bad_records)
         self.fp32 = onnx_export.convert(self.source.network, self.source.config, opset=self.config.opset)
         for name in tqdm(self.config.precisions, desc="export", unit="variant"):
             self.cards.append(self._export_one(name))
