@@ -113,20 +113,53 @@ def pareto_points(rows: list[dict], batch: int) -> list[tuple[str, float, float]
     ]
 
 
-def plot_pareto(points: list[tuple[str, float, float]], path: str, batch: int) -> None:
+PRECISION_MARKERS = {
+    "fp32": "o",
+    "fp16": "s",
+    "bf16": "D",
+    "int8-dynamic": "^",
+    "int8-static": "v",
+    "int8-qat": "P",
+    "tf-fp32": "X",
+    "tf-bf16": "*",
+}
+_OFFSETS = ((5, 4), (5, -10), (-12, 4), (-12, -10))  # points' number labels, turned around to spread a cluster
+
+
+def plot_pareto(points: list[tuple[str, float, float]], path: str, batch: int) -> list[str]:
+    """GAP against p50 latency: one point per model / precision / provider, coloured by model and shaped by
+    precision, numbered on the plot and named in a legend beside it (so that clustered variants stay readable);
+    the Pareto front in red. Returns the legend's entries."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    entries = []
     if points:
-        ax.scatter([p[1] for p in points], [p[2] for p in points], color="tab:blue", zorder=3)
-        for label, latency, gap in points:
-            ax.annotate(label, (latency, gap), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        models = sorted({label.split("/")[0] for label, _, _ in points})
+        colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+        for number, (label, latency, gap) in enumerate(points, 1):
+            model, _, rest = label.partition("/")
+            precision = rest.split(" @")[0]
+            entry = f"{number}  {label}: {latency:.3g} ms, GAP {gap:.3f}"
+            entries.append(entry)
+            marker = PRECISION_MARKERS.get(precision, "o")
+            ax.scatter(latency, gap, color=colours[model], marker=marker, s=45, zorder=3, label=entry)
+            ax.annotate(
+                str(number), (latency, gap), textcoords="offset points", xytext=_OFFSETS[number % 4], fontsize=7
+            )
         front = pareto_front([(p[1], p[2]) for p in points])
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red", label="Pareto front")
-        ax.scatter([p[0] for p in front], [p[1] for p in front], color="tab:red", zorder=4)
+        ax.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            color="tab:red",
+            alpha=0.6,
+            label="Pareto front",
+            zorder=2,
+        )
         latencies = [p[1] for p in points]
         if min(latencies) > 0 and max(latencies) / min(latencies) > 20:
             ax.set_xscale("log")
@@ -135,18 +168,19 @@ def plot_pareto(points: list[tuple[str, float, float]], path: str, batch: int) -
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, 2, 5 ms
             ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(loc="lower right")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     else:
         ax.text(
             0.5, 0.5, f"no measured model with a GAP on its card at batch {batch}", ha="center", transform=ax.transAxes
         )
     ax.set_xlabel(f"p50 latency at batch {batch} (ms)")
     ax.set_ylabel("GAP@20 (model card)")
-    ax.set_title("Accuracy against latency")
+    ax.set_title("Accuracy against latency (colour: model, shape: precision)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+    return entries
 
 
 def _num(value, spec: str) -> str:

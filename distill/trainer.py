@@ -144,8 +144,12 @@ def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -
     ).with_options(options)
 
 
+BAR_TERMS = ("loss", "teacher_ce", "ce")  # what the progress bar shows; every term goes to TensorBoard
+
+
 class _Progress(keras.callbacks.Callback):
-    """A tqdm bar over the whole run: steps/s, ETA, and the latest loss terms."""
+    """A tqdm bar over the whole run: steps/s, ETA, and the latest total loss and L_CE terms (BAR_TERMS: short
+    enough for the bar to keep its width in an 80-column terminal; every term is in TensorBoard)."""
 
     def __init__(self, total: int, initial: int):
         super().__init__()
@@ -156,7 +160,8 @@ class _Progress(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
         if logs and batch % 10 == 0:
-            self.bar.set_postfix({k: f"{float(v):.4g}" for k, v in logs.items()}, refresh=False)
+            shown = {k: f"{float(logs[k]):.4g}" for k in BAR_TERMS if k in logs}
+            self.bar.set_postfix(shown, refresh=False)
 
     def on_train_end(self, logs=None):
         self.bar.close()

@@ -398,3 +398,26 @@ def test_bench_exits_1_when_a_row_fails(models, tmp_path, capsys):
         assert (report / "report.md").exists()
     skipped = ["--providers", "cpu,cuda", *fast[2:]]
     assert main(["bench", models["fp32"], *skipped, "--report", str(tmp_path / "ok")]) == 0
+
+
+def test_pareto_plot_names_every_point_in_a_legend(tmp_path):
+    """Clustered variants stay readable: each point is numbered and named (with its latency and GAP) in a legend
+    beside the plot, coloured by model and shaped by precision."""
+    from vidistill.bench.report import plot_pareto
+
+    points = [
+        ("teacher-300f/tf-fp32 @cpu", 4.7, 0.602),
+        ("student-k30/fp32 @cpu", 0.31, 0.569),
+        ("student-k30/int8-dynamic @cpu", 0.21, 0.5691),
+        ("student-k30/int8-static @cpu", 0.22, 0.5692),
+    ]
+    path = tmp_path / "pareto.png"
+    entries = plot_pareto(points, str(path), batch=1)
+    assert entries == [
+        "1  teacher-300f/tf-fp32 @cpu: 4.7 ms, GAP 0.602",
+        "2  student-k30/fp32 @cpu: 0.31 ms, GAP 0.569",
+        "3  student-k30/int8-dynamic @cpu: 0.21 ms, GAP 0.569",
+        "4  student-k30/int8-static @cpu: 0.22 ms, GAP 0.569",
+    ]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_pareto([], str(path), batch=1) == []

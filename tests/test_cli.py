@@ -429,3 +429,40 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
     monkeypatch.setattr(models, "run", lambda args: (_ for _ in ()).throw(ValueError("an internal mistake")))
     with pytest.raises(ValueError, match="an internal mistake"):
         main(["models"])
+
+
+def test_tensorflow_start_up_chatter_is_filtered_and_ours_is_not():
+    """TensorFlow logs before absl is initialized straight to descriptor 2 (banner, oneDNN, no-CUDA lines, the
+    cuInit error); the CLI's filter drops those and passes our lines, warnings, partial progress-bar updates and
+    tracebacks through. VIDISTILL_TF_LOGS=1 shows everything."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from vidistill.console import quiet_tensorflow\n"
+        "with quiet_tensorflow():\n"
+        "    os.environ['TF_USE_LEGACY_KERAS'] = '1'\n"
+        "    import tensorflow as tf\n"
+        "    tf.constant(1.0) + 1\n"
+        "    sys.stderr.write('\\rtrain:  10%|#         | 1/10')\n"
+        "    sys.stderr.flush()\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to '\n"
+        "             b'STDERR\\n')\n"
+        "    os.write(2, b'I0000 00:00:1795678297.406065    1755 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "    os.write(2, b'E0000 00:00:1795678242.153616    1049 cuda_platform.cc:52] failed call to cuInit: x\\n')\n"
+        "    sys.stderr.write('\\rtrain: 100%|##########| 10/10\\n')\n"
+        "    print('vidistill train: error: our own line', file=sys.stderr)\n"
+        "    print('Warning: a real one', file=sys.stderr)\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode() == (
+        "\rtrain:  10%|#         | 1/10\rtrain: 100%|##########| 10/10\n"
+        "vidistill train: error: our own line\nWarning: a real one\nafter\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=120, env=dict(os.environ, VIDISTILL_TF_LOGS="1")
+    )
+    assert b"absl::InitializeLog" in shown.stderr and b"failed call to cuInit" in shown.stderr

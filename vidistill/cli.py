@@ -8,6 +8,7 @@ import os
 import sys
 
 from vidistill import __version__
+from vidistill.console import quiet_tensorflow
 
 # subcommand name -> module in vidistill.commands (imported when the command line is built; heavy imports
 # such as TensorFlow happen inside each command's run()).
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from vidistill.yt8m.errors import UserError
 
     try:
-        return int(args.handler_(args) or 0)
+        with quiet_tensorflow():
+            return int(args.handler_(args) or 0)
     except (UserError, FileExistsError, FileNotFoundError) as e:  # anything else is a bug: its traceback shows
         print(f"vidistill {args.command}: error: {e}", file=sys.stderr)
         return 2
