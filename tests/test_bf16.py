@@ -3,6 +3,8 @@ compute and float32 variables, its losses are finite, and its checkpoint restore
 
 from __future__ import annotations
 
+import pytest
+
 import math
 import os
 
@@ -18,6 +20,8 @@ from vidistill.students.student import student_config
 from vidistill.teachers.config import HLSTMConfig
 from vidistill.teachers.heads import ClassifierHead
 from vidistill.cli import main
+
+pytestmark = pytest.mark.slow  # a mixed-precision training run
 
 CLASSES = 4
 FRAMES = 30

@@ -32,6 +32,8 @@ from vidistill.students.student import student_config
 from vidistill.teachers.config import HLSTMConfig, save_config
 from vidistill.cli import main
 
+pytestmark = pytest.mark.slow  # every mode trained, resumed, killed, converted and fine-tuned
+
 CLASSES = 6
 FRAMES = 40  # the data's (and the teacher's) max_frames
 K = 10  # the distilled students' frames

@@ -29,6 +29,8 @@ from vidistill.teachers.registry import build_model
 from vidistill.cli import main
 from vidistill.yt8m.records import write_records
 
+pytestmark = pytest.mark.slow  # every precision exported from trained tiny students: minutes
+
 CLASSES = 5
 FRAMES = 40
 HLSTM = HLSTMConfig(

@@ -15,6 +15,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # tf2onnx conversions measured in child processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_SLOPE = 32  # peak bytes per byte of weights: ~21 with the fix, ~54 without (2 cores, TF 2.21, tf2onnx 1.17)
 

@@ -34,6 +34,8 @@ from vidistill.yt8m.loss import cross_entropy
 from vidistill.yt8m.constants import AUDIO_SIZE, RGB_SIZE
 from vidistill.yt8m.records import Video, write_frame_records
 
+pytestmark = pytest.mark.slow  # quantization-aware training and its ONNX export
+
 CLASSES = 4
 FRAMES = 12  # the records' max_frames
 K = 6  # the students' frames

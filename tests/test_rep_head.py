@@ -22,6 +22,8 @@ from vidistill.distill.trainer import Run, build_models
 from vidistill.students.student import student_config
 from vidistill.teachers.config import HLSTMConfig
 
+pytestmark = pytest.mark.slow  # parallel and serial training runs per head policy
+
 CLASSES = 4
 FRAMES = 30
 TEACHER = HLSTMConfig(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from vidistill.teachers.config import HLSTMConfig, save_config
 from vidistill.cli import main
+
+pytestmark = pytest.mark.slow  # a training run, then segment evaluation, prediction and scoring
 
 
 def test_segment_eval_agrees_with_predict_then_score(tmp_path, capsys):
