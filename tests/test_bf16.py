@@ -3,6 +3,8 @@ compute and float32 variables, its losses are finite, and its checkpoint restore
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import math
@@ -19,7 +21,6 @@ from vidistill.distill.trainer import Run, build_models, restore_models
 from vidistill.students.student import student_config
 from vidistill.teachers.config import HLSTMConfig
 from vidistill.teachers.heads import ClassifierHead
-from vidistill.cli import main
 
 pytestmark = pytest.mark.slow  # a mixed-precision training run
 
@@ -47,32 +48,8 @@ def _loss_events(run_dir) -> list[tuple[int, float]]:
     return sorted(values)
 
 
-def test_bf16_run_trains_with_float32_variables_and_restores_into_float32(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    assert (
-        main(
-            [
-                "synth",
-                "--out",
-                str(data),
-                "--videos",
-                "16",
-                "--heldout",
-                "4",
-                "--classes",
-                str(CLASSES),
-                "--min-frames",
-                "30",
-                "--max-frames",
-                str(FRAMES),
-                "--shards",
-                "1",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+def test_bf16_run_trains_with_float32_variables_and_restores_into_float32(tmp_path, monkeypatch, synth_data):
+    data = Path(synth_data(videos=16, heldout=4, classes=CLASSES, max_frames=FRAMES).root)
 
     # what the classifier heads compute in while training: their policy and the dtype of what they read
     seen: list[tuple[str, str, tf.DType]] = []

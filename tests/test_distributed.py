@@ -3,6 +3,8 @@ run and finish with identical weights; MirroredStrategy over two devices trains 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import os
 import socket
@@ -14,8 +16,6 @@ import pytest
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
-
-from vidistill.cli import main
 
 
 def _free_ports(n: int) -> list[int]:
@@ -42,30 +42,8 @@ CONFIG = """train:
 
 
 @pytest.mark.slow
-def test_two_workers_finish_with_identical_weights(tmp_path):
-    data = tmp_path / "data"
-    assert (
-        main(
-            [
-                "synth",
-                "--out",
-                str(data),
-                "--videos",
-                "32",
-                "--classes",
-                "4",
-                "--min-frames",
-                "30",
-                "--max-frames",
-                "30",
-                "--shards",
-                "2",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+def test_two_workers_finish_with_identical_weights(tmp_path, synth_data):
+    data = Path(synth_data(videos=32, heldout=6, shards=2).root)
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG % (data / "train-*.tfrecord"))
     run_dir = tmp_path / "run"

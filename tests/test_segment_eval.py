@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import json
@@ -12,33 +14,8 @@ from vidistill.cli import main
 pytestmark = pytest.mark.slow  # a training run, then segment evaluation, prediction and scoring
 
 
-def test_segment_eval_agrees_with_predict_then_score(tmp_path, capsys):
-    data = tmp_path / "data"
-    assert (
-        main(
-            [
-                "synth",
-                "--out",
-                str(data),
-                "--videos",
-                "24",
-                "--heldout",
-                "16",
-                "--classes",
-                "4",
-                "--segments",
-                "--min-frames",
-                "30",
-                "--max-frames",
-                "40",
-                "--shards",
-                "1",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+def test_segment_eval_agrees_with_predict_then_score(tmp_path, capsys, synth_data):
+    data = Path(synth_data(videos=24, heldout=16, max_frames=40, segments=True).root)
     teacher = tmp_path / "teacher.yaml"
     save_config(
         HLSTMConfig(num_classes=4, frames=40, chunks=4, lower_cells=8, upper_cells=8, lower_layers=1, upper_layers=1),

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from vidistill.teachers.config import HeadConfig, NetVLADConfig, NeXtVLADConfig, config_from_dict, config_to_dict
+from vidistill.teachers.presets import PRESETS
 from vidistill.teachers.registry import build_model, model_flops
 from vidistill.teachers.vlad import (
     FrameMask,
@@ -23,25 +24,9 @@ from vidistill.teachers.vlad import (
 )
 from vidistill.yt8m.constants import FEATURE_SIZE
 
-WILLOW = NetVLADConfig(
-    num_classes=3862,
-    frames=300,
-    pooling="netvlad",
-    clusters=256,
-    hidden=1024,
-    context_gating=True,
-    head=HeadConfig(kind="moe", mixtures=2, probability_gating=True),
-)
-NEXTVLAD_PAPER = NeXtVLADConfig(
-    num_classes=3862,
-    frames=300,
-    expansion=2,
-    groups=8,
-    clusters=128,
-    hidden=2048,
-    se_reduction=8,
-    head=HeadConfig(kind="logistic"),
-)
+# the published sizes are the presets users build: a changed preset must break the reference-size tests
+WILLOW = PRESETS["netvlad-willow"]
+NEXTVLAD_PAPER = PRESETS["nextvlad-paper"]
 
 FRAMES = 6
 TINY_NETVLAD = NetVLADConfig(
