@@ -247,7 +247,14 @@ def test_cuda_block_lists_follow_the_documented_kernels():
     assert {"LSTM", "BatchNormalization", "Reciprocal", "ReduceL2", "ReduceMean", "ReduceMax"} <= blocked
     low, blocked16, _ = precision.lower_precision_for(fp32, "fp16", "cuda", available=CPU)
     assert "LSTM" not in blocked16  # cuDNN runs fp16 LSTMs
-    assert any(n.op_type == "LSTM" and n.input[0].endswith("_fp16") or n.op_type == "LSTM" for n in low.graph.node)
+    # ... so every LSTM of the fp16 file runs in float16: its weights (W, R) and its input X are float16
+    inferred = onnx.shape_inference.infer_shapes(low)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    types.update({t.name: t.data_type for t in low.graph.initializer})
+    lstms = [n for n in low.graph.node if n.op_type == "LSTM"]
+    assert len(lstms) == HLSTM.lower_layers + HLSTM.upper_layers
+    for node in lstms:
+        assert [types.get(name) for name in node.input[:3]] == [onnx.TensorProto.FLOAT16] * 3, node.name
 
 
 # ------------------------------------------------------------------------------------------------ whole exports
