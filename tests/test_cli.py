@@ -466,3 +466,15 @@ def test_tensorflow_start_up_chatter_is_filtered_and_ours_is_not():
         [sys.executable, "-c", code], capture_output=True, timeout=120, env=dict(os.environ, VIDISTILL_TF_LOGS="1")
     )
     assert b"absl::InitializeLog" in shown.stderr and b"failed call to cuInit" in shown.stderr
+
+
+def test_bench_data_times_every_reader_stage(tmp_path, capsys):
+    """`vidistill bench-data`: generation, then each reader stage over every generated video (median of 3 passes)."""
+    assert (
+        main(["bench-data", "--out", str(tmp_path / "d"), "--videos", "8", "--batch-size", "4", "--workers", "1"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "8 videos x 300 frames; batch 4" in out
+    for stage in ("synthetic generation (write)", "reader: records", "reader: parse", "reader: decode", "reader: full"):
+        row = next(line for line in out.splitlines() if stage in line)
+        assert " 8 " in row, row  # each stage read all 8 videos

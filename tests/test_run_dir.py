@@ -83,3 +83,24 @@ def test_a_resumed_run_goes_on_where_it_stopped(synth_data, teacher_yaml, tmp_pa
     lines = [json.loads(line) for line in open(run_dir / "train.jsonl")]
     assert [(line["step"], line["from_step"]) for line in lines] == [(2, 0), (4, 0), (6, 4), (8, 4)]
     assert all(line["seconds"] > 0 for line in lines)
+
+
+def test_average_last_saves_the_mean_of_the_last_checkpoints(synth_data, teacher_yaml, tmp_path, capsys):
+    """average_last: N (SWA) writes checkpoints/averaged/ holding the mean of the last N checkpoints' trainable
+    variables."""
+    import numpy as np
+
+    config = tmp_path / "swa.yaml"
+    config.write_text("train:\n  average_last: 2\n  keep_checkpoints: 3\n")
+    run_dir = tmp_path / "run"
+    code, err = _train(capsys, teacher_yaml, synth_data().train, run_dir, "--steps", 6, "--config", config)
+    assert code == 0, err
+    readers = {s: tf.train.load_checkpoint(str(run_dir / "checkpoints" / f"ckpt-{s}")) for s in (4, 6)}
+    averaged = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "averaged")))
+    kernels = [k for k in readers[6].get_variable_to_shape_map() if k.startswith("teacher/") and "kernel" in k]
+    kernels = [k for k in kernels if "OPTIMIZER_SLOT" not in k]
+    assert kernels
+    for key in kernels:
+        mean = (readers[4].get_tensor(key) + readers[6].get_tensor(key)) / 2
+        np.testing.assert_allclose(averaged.get_tensor(key), mean, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(readers[4].get_tensor(kernels[0]), readers[6].get_tensor(kernels[0]))
