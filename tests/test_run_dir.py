@@ -104,3 +104,32 @@ def test_average_last_saves_the_mean_of_the_last_checkpoints(synth_data, teacher
         mean = (readers[4].get_tensor(key) + readers[6].get_tensor(key)) / 2
         np.testing.assert_allclose(averaged.get_tensor(key), mean, rtol=1e-6, atol=1e-7)
     assert not np.array_equal(readers[4].get_tensor(kernels[0]), readers[6].get_tensor(kernels[0]))
+
+
+def test_the_best_checkpoint_follows_the_best_held_out_gap(synth_data, tiny_teacher, tmp_path, monkeypatch):
+    """checkpoints/best is replaced when a held-out GAP beats the best so far, and kept otherwise (the evaluation
+    is replaced by a GAP sequence, so that the replacement surely runs)."""
+    from vidistill.distill import evaluate
+    from vidistill.distill.config import DataConfig, TrainConfig
+    from vidistill.distill.trainer import train
+
+    gaps = iter([0.1, 0.3, 0.2])
+    monkeypatch.setattr(
+        evaluate,
+        "evaluate_model",
+        lambda *a, **k: {"gap": next(gaps), "map": 0.0, "hit_at_one": 0.0, "perr": 0.0, "loss": 1.0, "num_videos": 8},
+    )
+    data = synth_data()
+    config = TrainConfig(
+        mode="teacher",
+        teacher=tiny_teacher,
+        data=DataConfig(train=data.train, eval=data.heldout, max_frames=30, batch_size=4, shuffle_buffer=8),
+        steps=6,
+        checkpoint_every=2,
+        eval_every=2,
+    )
+    train(config, str(tmp_path / "run"), progress=False)
+    lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [(m["step"], m["gap"]) for m in lines] == [(2, 0.1), (4, 0.3), (6, 0.2)]
+    best = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints" / "best"))
+    assert best.endswith("ckpt-4"), best  # replaced at step 4 (0.3 > 0.1), kept at step 6 (0.2 < 0.3)
