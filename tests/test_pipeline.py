@@ -65,3 +65,13 @@ def test_run_demo_refuses_a_non_empty_out_without_resume_or_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="not empty: pass --resume to continue it, --overwrite"):
         run_demo(str(tmp_path), quick=True)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_the_demo_states_its_time_for_this_kind_of_machine():
+    from vidistill.pipeline import MEASURED_MINUTES, time_estimate
+
+    line = time_estimate(quick=False)
+    avx512 = " avx512f" in open("/proc/cpuinfo").read()
+    expected = MEASURED_MINUTES[False]["avx512" if avx512 else "avx2"]
+    assert line.startswith(f"demo: about {expected:g} minutes here (") and "measured on 2 cores" in line
+    assert time_estimate(quick=True).startswith(f"quick demo: about {MEASURED_MINUTES[True]['avx2']:g} minutes")

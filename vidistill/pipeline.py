@@ -31,7 +31,8 @@ QUICK_PRECISIONS = ["fp32", "fp16", "bf16", "int8-dynamic", "tf-fp32"]
 
 @dataclass
 class DemoConfig:
-    """Sizes chosen so that the default demo runs in about 15 minutes on 2 CPU cores (`quick()`: under 3)."""
+    """Sizes chosen so that the default demo runs in 8-13 minutes on 2 CPU cores (`quick()`: about 3);
+    MEASURED_MINUTES holds the measurements."""
 
     videos: int = 1500
     heldout: int = 300
@@ -348,6 +349,30 @@ class Demo:
         return text
 
 
+# measured wall times of the whole demo on 2 cores (minutes), by whether the CPU has AVX-512
+MEASURED_MINUTES = {
+    False: {"avx512": 8.3, "avx2": 13.2},  # 2026-11-26 AMD EPYC with AVX-512 (runs/demo); the issue's AVX2-only EPYC
+    True: {"avx2": 3.0},  # --quick, AVX2-only EPYC (issue 14); an AVX-512 machine is faster
+}
+
+
+def time_estimate(quick: bool) -> str:
+    """One line: what the demo took on measured machines, next to this machine's cores and vector width."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx512 = " avx512f" in f.read()
+    except OSError:
+        avx512 = False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    measured = MEASURED_MINUTES[quick]
+    kind = "avx512" if avx512 and "avx512" in measured else "avx2"
+    shown = ", ".join(f"{m:g} min with {k.upper()}" for k, m in measured.items())
+    return (
+        f"{'quick ' if quick else ''}demo: about {measured[kind]:g} minutes here ({cores} cores, "
+        f"{'AVX-512' if avx512 else 'no AVX-512'}); measured on 2 cores: {shown}; fewer with more cores"
+    )
+
+
 def run_demo(out: str, *, quick: bool = False, resume: bool = False, overwrite: bool = False) -> str:
     """The whole demo into `out`; returns the final table. A non-empty `out` needs `resume` (continue it, with
     its saved demo.yaml) or `overwrite` (delete it first)."""
@@ -365,6 +390,7 @@ def run_demo(out: str, *, quick: bool = False, resume: bool = False, overwrite: 
             fields = yaml.safe_load(f)["demo"]
         fields["bench_batches"] = tuple(fields["bench_batches"])
         config = DemoConfig(**fields)
+    print(time_estimate(quick), flush=True)
     return Demo(config, out).run()
 
 
