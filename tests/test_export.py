@@ -313,6 +313,23 @@ def test_predictor_runs_raw_videos_like_the_tf_student(hlstm_export, hlstm_stude
         predictor.predict_videos([codes[0], codes[1][:, :100]])
 
 
+def test_predictor_on_every_precision_takes_codes_and_floats_alike(hlstm_export):
+    """Every ONNX variant through the Predictor: uint8 feature codes and their dequantized floats give the same
+    probabilities, within the card's tolerance of the fp32 file's."""
+    from vidistill.export.config import ONNX_PRECISIONS
+    from vidistill.yt8m.quantize import dequantize
+
+    rng = np.random.default_rng(5)
+    codes = [rng.integers(0, 256, (length, 1152), dtype=np.uint8) for length in (4, 33, 60)]
+    floats = [dequantize(video) for video in codes]
+    reference = Predictor(str(hlstm_export / "fp32.onnx")).predict_videos(codes)
+    for name in ONNX_PRECISIONS:
+        predictor = Predictor(str(hlstm_export / f"{name}.onnx"))
+        from_codes = predictor.predict_videos(codes)
+        np.testing.assert_allclose(predictor.predict_videos(floats), from_codes, atol=1e-6, err_msg=name)
+        assert np.abs(from_codes - reference).max() <= predictor.card.tolerance.against_reference(), name
+
+
 def test_predictor_provider_errors(hlstm_export):
     from vidistill.export.sessions import ProviderUnavailable, gpu_present
 
