@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from vidistill.distill.losses import cross_entropy
 from vidistill.yt8m.metrics import VideoMetrics
-from vidistill.yt8m.readers import BadRecords, data_errors, read_frame_dataset
 from vidistill.yt8m.errors import ConfigError
+from vidistill.yt8m.readers import BadRecords, data_errors, read_frame_dataset
 
 
 def _predictor(model):
@@ -20,6 +20,19 @@ def _predictor(model):
         return model({"frames": frames, "num_frames": num_frames}, training=False)["predictions"]
 
     return lambda batch: predict(batch["frames"], batch["num_frames"])
+
+
+def _records(pattern: str, num_classes: int, max_frames: int, batch_size: int, bad_records, **options):
+    """The labeled frame-level records in file order (`bad_records`: skip and count bad records)."""
+    return read_frame_dataset(
+        pattern,
+        num_classes=num_classes,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        deterministic=True,
+        bad_records=bad_records,
+        **options,
+    )
 
 
 def predictions(
@@ -35,14 +48,7 @@ def predictions(
     """(ids, predictions [B, C], labels [B, C]) batch by batch, in file order (`bad_records`: skip and count
     bad records instead of stopping at the first)."""
     predict = _predictor(model)
-    ds = read_frame_dataset(
-        pattern,
-        num_classes=num_classes,
-        max_frames=max_frames,
-        batch_size=batch_size,
-        deterministic=True,
-        bad_records=bad_records,
-    )
+    ds = _records(pattern, num_classes, max_frames, batch_size, bad_records)
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
     with data_errors():
@@ -94,15 +100,7 @@ def rated_segment_predictions(
     """(segment ids "vid:start", predictions [S, C], labels [S, C], label_weights [S, C]) of the rated segments of
     2019-style records: each segment's 5 frames go through the model as a short video."""
     predict = _predictor(model)
-    ds = read_frame_dataset(
-        pattern,
-        num_classes=num_classes,
-        max_frames=max_frames,
-        batch_size=batch_size,
-        segment_labels=True,
-        deterministic=True,
-        bad_records=bad_records,
-    )
+    ds = _records(pattern, num_classes, max_frames, batch_size, bad_records, segment_labels=True)
     ids, scores, labels, weights = [], [], [], []
     with data_errors():
         for batch in ds:
@@ -140,14 +138,7 @@ def all_segment_predictions(
     from vidistill.yt8m.constants import SEGMENT_FRAMES
 
     predict = _predictor(model)
-    ds = read_frame_dataset(
-        pattern,
-        num_classes=num_classes,
-        max_frames=max_frames,
-        batch_size=batch_size,
-        deterministic=True,
-        bad_records=bad_records,
-    )
+    ds = _records(pattern, num_classes, max_frames, batch_size, bad_records)
     chunks = -(-max_frames // SEGMENT_FRAMES)
     ids, scores = [], []
     with data_errors():
