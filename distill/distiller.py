@@ -46,7 +46,7 @@ class Distiller(keras.Model):
         if self.mode.restores_teacher:
             teacher.trainable = False
         policy = head_policy(loss_weights.resolved_head() if self.mode.distills else "own", teacher, student)
-        terms = terms_for(self.mode, loss_weights) + (policy.terms() if self.mode.distills else [])
+        terms = terms_for(self.mode, loss_weights) + policy.terms()  # "own" (every mode but distilling) adds none
         # set past Keras' attribute tracking: the policy's variables would become the Distiller's own weights
         object.__setattr__(self, "head_policy", policy)
         object.__setattr__(self, "terms", tuple(terms))
@@ -66,15 +66,15 @@ class Distiller(keras.Model):
         if self.teacher is not None:
             teacher_out = self.teacher(x, training=training and self.mode.trains_teacher)
         if self.student is not None:
-            student_out = dict(self.student(x, training=training))
-            if self.mode.distills:  # the head policy reads the student's own representation
-                student_out = self.head_policy.student_outputs(student_out, training)
+            # the head policy reads the student's own representation ("own", in every mode but distilling: as it is)
+            student_out = self.head_policy.student_outputs(dict(self.student(x, training=training)), training)
             if self.projection is not None:  # L_REP compares at the teacher's width
                 student_out["representation"] = self.projection(student_out["representation"])
         inputs = LossInputs(batch["labels"], teacher_out, student_out, batch.get("label_weights"))
-        logs, total = weighted_sum(list(self.terms), inputs)
+        logs, totals = weighted_sum(self.terms, inputs)
         if self.mode.distills:
-            logs["student_total"] = tf.add_n([t.weight * logs[t.name] for t in self.terms if t.trains == "student"])
+            logs["student_total"] = totals["student"]
+        total = totals["student"] + totals["teacher"]
         regularization = [
             loss for m in (self.teacher, self.student) if m is not None and m.trainable for loss in m.losses
         ]

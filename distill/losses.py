@@ -272,8 +272,8 @@ class LossWeights:
         from vidistill.distill.terms import LossInputs, student_terms, weighted_sum
 
         terms = student_terms(self) + HEAD_POLICIES[self.resolved_head()].terms()
-        values, total = weighted_sum(terms, LossInputs(labels, teacher_out, student_out, label_weights))
-        return {**values, "total": total}
+        values, totals = weighted_sum(terms, LossInputs(labels, teacher_out, student_out, label_weights))
+        return {**values, "total": totals["student"]}
 
 
 _PRESETS: dict[str, dict] = {

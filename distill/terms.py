@@ -15,8 +15,8 @@ built-in terms (L_CE, L_REP, L_PRED) take their weights from ``loss.ce / rep / p
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
-from collections.abc import Mapping
 
 import tensorflow as tf
 
@@ -201,12 +201,13 @@ def terms_for(mode: Mode | str, weights: LossWeights) -> list[LossTerm]:
     return terms
 
 
-def weighted_sum(terms: list[LossTerm], inputs: LossInputs) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """({term name: value}, sum of weight * value). "student" terms read the teacher through stop_gradient; a
-    zero-weight term is 0.0 and not computed."""
+def weighted_sum(terms: Iterable[LossTerm], inputs: LossInputs) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """({term name: value}, {"student": sum of weight * value of the student terms, "teacher": the same of the
+    teacher terms}). "student" terms read the teacher through stop_gradient; a zero-weight term is 0.0 and not
+    computed."""
     zero = tf.constant(0.0, tf.float32)
     frozen = inputs.with_frozen_teacher()
-    values, total = {}, zero
+    values, totals = {}, {"student": zero, "teacher": zero}
     for term in terms:
         if term.weight == 0:
             values[term.name] = zero
@@ -214,5 +215,5 @@ def weighted_sum(terms: list[LossTerm], inputs: LossInputs) -> tuple[dict[str, t
         term_inputs = inputs if term.trains == "teacher" else frozen
         term.check(term_inputs)
         values[term.name] = value = term.compute(term_inputs)
-        total = total + term.weight * value
-    return values, total
+        totals[term.trains] = totals[term.trains] + term.weight * value
+    return values, totals
