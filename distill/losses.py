@@ -140,6 +140,15 @@ LOSSES: dict[str, Callable[..., tf.Tensor]] = {
 HEADS = ("auto", "own", "teacher", "probe")
 
 
+def _weight(what: str, value) -> float:
+    """A loss weight: a finite number >= 0, as a float (a ConfigError naming `what` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class LossWeights:
     """Weights of the student's loss: total = ce * L_CE + rep * L_REP + pred * L_PRED.
@@ -202,12 +211,7 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         for name in ("ce", "rep", "pred"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"LossWeights.{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"LossWeights.{name} must be a finite number >= 0, got {value!r}")
-            setattr(self, name, float(value))
+            setattr(self, name, _weight(f"LossWeights.{name}", getattr(self, name)))
         if self.pred_kind not in PREDICTION_LOSSES:
             raise ConfigError(
                 f"LossWeights.pred_kind must be one of {sorted(PREDICTION_LOSSES)}, got {self.pred_kind!r}"
@@ -218,10 +222,7 @@ class LossWeights:
         self.temperature = float(t)
         if not isinstance(self.extra, Mapping):
             raise ConfigError(f"LossWeights.extra must map loss term names to weights, got {self.extra!r}")
-        for name, value in self.extra.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"LossWeights.extra.{name} must be a finite number >= 0, got {value!r}")
-        self.extra = {str(name): float(value) for name, value in self.extra.items()}
+        self.extra = {str(name): _weight(f"LossWeights.extra.{name}", value) for name, value in self.extra.items()}
         if self.head not in HEADS:
             raise ConfigError(f"LossWeights.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "probe" and self.ce > 0:
