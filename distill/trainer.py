@@ -279,7 +279,7 @@ class Run:
         if resume and not started:
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no config.yaml")
         resume = resume and claimed  # a start that saved no checkpoint is started again (its config may change)
-        self.fresh = not resume  # the run's files in run_dir are replaced once the models are built
+        fresh = not resume  # the run's files in run_dir are replaced once the models are built
         if resume:
             saved = load_train_config(run_dir).resolve()  # a config.yaml from before loss.head holds no head
             if saved.to_dict() | {"steps": 0} != config.to_dict() | {"steps": 0}:
@@ -307,7 +307,7 @@ class Run:
             )
             self.distiller.compile(optimizer=self.optimizer)
         # models that cannot be built (e.g. loss.head "teacher" with a narrower student) fail before this point
-        if self.fresh and self.is_chief:
+        if fresh and self.is_chief:
             _clear_run(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         if self.is_chief:
@@ -338,9 +338,8 @@ class Run:
         if self.step >= config.steps:
             return self.summary()
         interval = config.checkpoint_every
-        dataset = _train_dataset(
-            config, self.bad_records
-        )  # fit distributes it over the strategy the models were built under
+        # fit distributes the dataset over the strategy the models were built under
+        dataset = _train_dataset(config, self.bad_records)
         callbacks = [
             self.nan_guard,
             _StepLimit(self.optimizer, config.steps),

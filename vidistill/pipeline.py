@@ -174,7 +174,7 @@ class Demo:
 
     def _train(self, name: str, config, title: str) -> str:
         from vidistill.distill.config import DataConfig, OptimizerConfig
-        from vidistill.distill.trainer import Run, latest_checkpoint
+        from vidistill.distill.trainer import Run, is_claimed
 
         run_dir = self.path("runs", name)
         c = self.config
@@ -192,14 +192,8 @@ class Demo:
 
         def train() -> dict:
             _stage(title)
-            resume = os.path.exists(os.path.join(run_dir, "config.yaml"))
-            if resume:
-                try:
-                    latest_checkpoint(run_dir)
-                except FileNotFoundError:  # killed before its first checkpoint: start again
-                    shutil.rmtree(run_dir)
-                    resume = False
-            return Run(config, run_dir, resume=resume).train()
+            # a run killed before its first checkpoint has not claimed run_dir: Run starts it again
+            return Run(config, run_dir, resume=is_claimed(run_dir)).train()
 
         self.once(f"train-{name}", run_dir, train, resumable=True)
         return run_dir
