@@ -87,6 +87,27 @@ def synth_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def random_outputs():
+    """`random_outputs(seed=0, b=4, c=5, e=3)` -> (labels [b, c], teacher, student): labels with ~30% positives and
+    model outputs {"predictions" [b, c] in [0.05, 0.95], "representation" [b, e]}, float32, for the loss tests."""
+    import numpy as np
+
+    def make(seed: int = 0, b: int = 4, c: int = 5, e: int = 3):
+        rng = np.random.default_rng(seed)
+        labels = (rng.random((b, c)) < 0.3).astype(np.float32)
+        teacher, student = (
+            {
+                "predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
+                "representation": rng.normal(size=(b, e)).astype(np.float32),
+            }
+            for _ in range(2)
+        )
+        return labels, teacher, student
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_teacher():
     """An H-LSTM of 8 cells, 4 classes, 30 frames: seconds to train a few steps."""
     from vidistill.teachers.config import HLSTMConfig

@@ -38,20 +38,6 @@ def cosine_term():
     del LOSS_TERMS["rep_cosine"]
 
 
-def _outputs(b=5, c=6, e=4, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = (rng.random((b, c)) < 0.3).astype(np.float32)
-    teacher = {
-        "predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
-        "representation": rng.normal(size=(b, e)).astype(np.float32),
-    }
-    student = {
-        "predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
-        "representation": rng.normal(size=(b, e)).astype(np.float32),
-    }
-    return labels, teacher, student
-
-
 def test_mode_properties_and_parsing():
     table = {  # has_teacher, has_student, trains_teacher, distills, restores_teacher
         "parallel": (True, True, True, True, False),
@@ -97,8 +83,8 @@ def test_terms_of_each_mode():
     assert [t.trains for t in terms_for("parallel", weights)] == ["teacher", "student", "student", "student"]
 
 
-def test_a_registered_term_joins_the_student_loss(cosine_term):
-    labels, teacher, student = _outputs()
+def test_a_registered_term_joins_the_student_loss(cosine_term, random_outputs):
+    labels, teacher, student = random_outputs(b=5, c=6, e=4)
     out = LossWeights(ce=1.0, rep=0.0, pred=0.0, extra={"rep_cosine": 0.5}).student_loss(labels, teacher, student)
     assert set(out) == {"ce", "rep", "pred", "rep_cosine", "total"}
     t = teacher["representation"] / np.linalg.norm(teacher["representation"], axis=1, keepdims=True)
@@ -114,8 +100,8 @@ def test_a_registered_term_joins_the_student_loss(cosine_term):
     assert float(out["rep_cosine"]) == 0.0
 
 
-def test_a_term_missing_its_inputs_or_unregistered_is_named(cosine_term):
-    labels, teacher, student = _outputs()
+def test_a_term_missing_its_inputs_or_unregistered_is_named(cosine_term, random_outputs):
+    labels, teacher, student = random_outputs(b=5, c=6, e=4)
     with pytest.raises(ValueError, match="loss term 'rep_cosine' needs student.representation"):
         LossWeights(ce=0.0, rep=0.0, extra={"rep_cosine": 1.0}).student_loss(
             labels, teacher, {"predictions": student["predictions"]}

@@ -191,22 +191,8 @@ def test_registries_name_the_losses():
 # ---------------------------------------------------------------- LossWeights
 
 
-def _outputs(seed=0, b=4, c=5, e=3):
-    rng = np.random.default_rng(seed)
-    labels = (rng.random((b, c)) < 0.3).astype(np.float32)
-    teacher = {
-        "predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
-        "representation": rng.normal(size=(b, e)).astype(np.float32),
-    }
-    student = {
-        "predictions": rng.uniform(0.05, 0.95, (b, c)).astype(np.float32),
-        "representation": rng.normal(size=(b, e)).astype(np.float32),
-    }
-    return labels, teacher, student
-
-
-def test_student_loss_total_is_the_weighted_sum():
-    labels, teacher, student = _outputs()
+def test_student_loss_total_is_the_weighted_sum(random_outputs):
+    labels, teacher, student = random_outputs()
     w = LossWeights(ce=1.0, rep=0.5, pred=2.0)
     out = w.student_loss(labels, teacher, student)
     assert set(out) == {"ce", "rep", "pred", "total"}
@@ -221,8 +207,8 @@ def test_student_loss_total_is_the_weighted_sum():
         assert v.dtype == tf.float32 and v.shape == ()
 
 
-def test_student_loss_binary_kind_uses_temperature_and_label_weights():
-    labels, teacher, student = _outputs(1)
+def test_student_loss_binary_kind_uses_temperature_and_label_weights(random_outputs):
+    labels, teacher, student = random_outputs(1)
     mask = np.zeros_like(labels)
     mask[:, :2] = 1
     w = LossWeights(ce=1.0, rep=0.0, pred=1.0, pred_kind="binary", temperature=3.0)
@@ -235,8 +221,8 @@ def test_student_loss_binary_kind_uses_temperature_and_label_weights():
     )
 
 
-def test_zero_weight_terms_are_exactly_zero_and_not_computed():
-    labels, teacher, student = _outputs()
+def test_zero_weight_terms_are_exactly_zero_and_not_computed(random_outputs):
+    labels, teacher, student = random_outputs()
     # no "representation" anywhere: a weight-0 L_REP must not even look for it
     t = {"predictions": teacher["predictions"]}
     s = {"predictions": student["predictions"]}
@@ -252,8 +238,8 @@ def test_zero_weight_terms_are_exactly_zero_and_not_computed():
     assert np.isfinite(float(out["total"]))
 
 
-def test_no_gradient_reaches_the_teacher_and_the_student_gets_one():
-    labels, teacher, student = _outputs()
+def test_no_gradient_reaches_the_teacher_and_the_student_gets_one(random_outputs):
+    labels, teacher, student = random_outputs()
     tv_p = tf.Variable(teacher["predictions"])
     tv_e = tf.Variable(teacher["representation"])
     sv_logit = tf.Variable(np.log(student["predictions"] / (1 - student["predictions"])))
@@ -273,8 +259,8 @@ def test_no_gradient_reaches_the_teacher_and_the_student_gets_one():
         del tape
 
 
-def test_student_loss_in_tf_function():
-    labels, teacher, student = _outputs()
+def test_student_loss_in_tf_function(random_outputs):
+    labels, teacher, student = random_outputs()
     w = LossWeights()
     eager = w.student_loss(labels, teacher, student)
     graph = tf.function(lambda y, t, s: w.student_loss(y, t, s))(labels, teacher, student)
@@ -283,8 +269,8 @@ def test_student_loss_in_tf_function():
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
-def test_low_precision_inputs_work(dtype):
-    labels, teacher, student = _outputs()
+def test_low_precision_inputs_work(dtype, random_outputs):
+    labels, teacher, student = random_outputs()
     cast = lambda d: {k: tf.cast(v, dtype) for k, v in d.items()}  # noqa: E731
     out = LossWeights(pred_kind="kl").student_loss(tf.cast(labels, dtype), cast(teacher), cast(student))
     ref = LossWeights(pred_kind="kl").student_loss(labels, teacher, student)
