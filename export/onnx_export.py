@@ -13,8 +13,6 @@ that hold a real frame (ceil(n / size)).
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 
 import numpy as np
 import onnx
@@ -22,6 +20,7 @@ import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
 from vidistill.export.errors import ExportError
+from vidistill.export.tf2onnx_lean import function_to_onnx
 from vidistill.teachers.config import HLSTMConfig, ModelConfig, RNNConfig
 from vidistill.teachers.recurrent import StackedRNN
 from vidistill.yt8m.constants import FEATURE_SIZE
@@ -45,62 +44,9 @@ def unmasked_recurrence(model):
             layer.ignore_mask = False
 
 
-def _fresh_node_proto(node: onnx.NodeProto) -> onnx.NodeProto:
-    """A new NodeProto with every field of `node` except its attributes (set again right after)."""
-    fresh = onnx.NodeProto()
-    for field, value in node.ListFields():
-        if field.name == "attribute":
-            continue
-        if hasattr(value, "extend"):  # a repeated field
-            getattr(fresh, field.name).extend(value)
-        else:
-            setattr(fresh, field.name, value)
-    return fresh
-
-
-@contextlib.contextmanager
-def lean_tf2onnx():
-    """tf2onnx 1.17 with its memory bounded by a few copies of the weights instead of about 40.
-
-    Two causes, found by profiling a 28 M-parameter H-LSTM (112 MB of weights; tf2onnx peaked at 6.6 GB):
-    - after each of its 12 graph optimizers, in every one of (at least) two rounds, `Node.update_proto` clears the
-      node's attributes and writes them again; each Const node's attribute holds its weight tensor, and with
-      protobuf's upb backend a cleared field's memory stays in the message's arena until the message itself is
-      freed, so every pass left one more copy of all the weights (+112 MB per optimizer, measured). Here each
-      node that has attributes gets a new NodeProto before they are written, so the old one and its arena go.
-    - with errors caught (its default), `optimize_graph` deep-copies the whole graph, weights included, before
-      each optimizer, and the copies wait for Python's cycle collector; TF2ONNX_CATCH_ERRORS=FALSE turns that
-      off (a failing optimizer then raises instead of being skipped silently).
-    """
-    from tf2onnx import constants
-    from tf2onnx.graph import Node
-
-    original = Node.update_proto
-
-    def update_proto(self, external_tensor_storage=None):
-        if len(self._op.attribute):
-            self._op = _fresh_node_proto(self._op)
-        return original(self, external_tensor_storage)
-
-    previous = os.environ.get(constants.ENV_TF2ONNX_CATCH_ERRORS)
-    os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = "FALSE"
-    Node.update_proto = update_proto
-    try:
-        yield
-    finally:
-        Node.update_proto = original
-        if previous is None:
-            os.environ.pop(constants.ENV_TF2ONNX_CATCH_ERRORS, None)
-        else:
-            os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = previous
-
-
 def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelProto:
     """The network as an ONNX model: inputs frames [batch, frames, 1152] float32 and num_frames [batch] int32,
     outputs predictions and representation; recurrent layers as fused nodes with sequence lengths."""
-    import tf2onnx
-
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     signature = (
         tf.TensorSpec([None, config.frames, FEATURE_SIZE], tf.float32, name="frames"),
         tf.TensorSpec([None], tf.int32, name="num_frames"),
@@ -110,8 +56,8 @@ def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelPr
         outputs = network({"frames": frames, "num_frames": num_frames}, training=False)
         return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
 
-    with unmasked_recurrence(network) as recurrent, lean_tf2onnx():
-        proto, _ = tf2onnx.convert.from_function(tf.function(serve), input_signature=signature, opset=opset)
+    with unmasked_recurrence(network) as recurrent:
+        proto = function_to_onnx(tf.function(serve), signature, opset=opset)
     unfused = sorted({n.op_type for n in proto.graph.node if n.op_type in UNFUSED_OPS})
     if unfused:
         raise ExportError(f"tf2onnx produced {', '.join(unfused)} nodes instead of fused recurrent nodes")

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from vidistill.export.errors import ExportError
+from vidistill.export.tf2onnx_lean import frozen_graph_def
 from vidistill.yt8m.constants import FEATURE_SIZE
 
 from vidistill.export.config import TF_PRECISIONS
@@ -37,33 +38,38 @@ def _serve_function(network, frames: int):
     return serve
 
 
-def _bf16_graph(serve) -> tf.compat.v1.GraphDef:
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    graph_def = frozen.graph.as_graph_def()
-    stored = []
-    for node in list(graph_def.node):
+def _bf16_graph(serve) -> tuple[tf.compat.v1.GraphDef, list[str], list[str]]:
+    """(the frozen graph with its large float constants stored as bf16, input names, output names in sorted key
+    order). The graph is rebuilt node by node (not edited in place), so the float32 weights are freed with it."""
+    concrete = serve.get_concrete_function()
+    frozen = frozen_graph_def(concrete)
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.versions.CopyFrom(frozen.versions)
+    graph_def.library.CopyFrom(frozen.library)
+    stored = 0
+    for node in frozen.node:
         if node.op != "Const" or node.attr["dtype"].type != tf.float32.as_datatype_enum:
+            graph_def.node.add().CopyFrom(node)
             continue
         values = tf.make_ndarray(node.attr["value"].tensor)
         if values.size < _MIN_BF16_ELEMENTS:
+            graph_def.node.add().CopyFrom(node)
             continue
         const = graph_def.node.add()
-        const.name, const.op = f"{node.name}/bf16", "Const"
+        const.name, const.op, const.device = f"{node.name}/bf16", "Const", node.device
         const.attr["dtype"].type = tf.bfloat16.as_datatype_enum
         const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(tf.constant(values, tf.bfloat16)))
-        node.op = "Cast"
-        node.input.append(const.name)
-        for key in list(node.attr):
-            del node.attr[key]
-        node.attr["SrcT"].type = tf.bfloat16.as_datatype_enum
-        node.attr["DstT"].type = tf.float32.as_datatype_enum
-        node.attr["Truncate"].b = False
-        stored.append(node.name)
+        cast = graph_def.node.add()
+        cast.name, cast.op, cast.device = node.name, "Cast", node.device
+        cast.input.append(const.name)
+        cast.attr["SrcT"].type = tf.bfloat16.as_datatype_enum
+        cast.attr["DstT"].type = tf.float32.as_datatype_enum
+        cast.attr["Truncate"].b = False
+        stored += 1
     if not stored:
         raise ExportError("tf-bf16: the frozen graph holds no float weights to store in bfloat16")
-    return graph_def, frozen
+    inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
+    return graph_def, inputs, [t.name for t in concrete.outputs]
 
 
 def save_saved_model(network, frames: int, path: str, precision: str) -> str:
@@ -76,10 +82,9 @@ def save_saved_model(network, frames: int, path: str, precision: str) -> str:
         module.variables_ = list(network.variables)
         module.serve = serve
     else:
-        graph_def, frozen = _bf16_graph(serve)
-        inputs = [t.name for t in frozen.inputs]
-        # the frozen function returns its outputs flattened in sorted key order
-        outputs = {name: t.name for name, t in zip(sorted(["predictions", "representation"]), frozen.outputs)}
+        graph_def, inputs, output_names = _bf16_graph(serve)
+        # the function returns its outputs flattened in sorted key order
+        outputs = dict(zip(sorted(["predictions", "representation"]), output_names))
         wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
         module.serve = wrapped.prune(feeds=inputs, fetches=outputs)
     tmp = path.rstrip("/") + ".tmp"
