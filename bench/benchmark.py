@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidistill.bench import report as reporting
-from vidistill.bench.inputs import DEFAULT_SETS, input_names, inputs_for_card
-from vidistill.bench.roofline import achieved_gflops, onnx_matmul_peak, peak_dtype, tf_matmul_peak
+from vidistill.bench.inputs import DEFAULT_SETS, feature_size, input_names, inputs_for_card
+from vidistill.bench.roofline import (
+    achieved_gflops,
+    bytes_moved,
+    onnx_bandwidth,
+    onnx_matmul_peak,
+    peak_dtype,
+    roof_seconds,
+    tf_matmul_peak,
+)
 from vidistill.bench.runners import (
     OnnxRunner,
     SavedModelRunner,
@@ -33,7 +41,7 @@ from vidistill.bench.runners import (
 from vidistill.bench.system import physical_cores, system_info
 from vidistill.bench.timing import PeakRSS, latency_stats, time_once, timed_runs
 from vidistill.export.card import read_card
-from vidistill.export.sessions import GPU_PROVIDERS, PROVIDER_NAMES, ProviderUnavailable
+from vidistill.export.sessions import PROVIDER_NAMES, ProviderUnavailable
 from vidistill.yt8m.errors import ConfigError
 
 DISPLAY = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
@@ -167,6 +175,7 @@ class Benchmark:
         self.providers = self._available_providers()
         self.system = system_info()
         self.peaks: dict[tuple[str, str], object] = {}
+        self.bandwidths: dict[str, object] = {}
         self.placements: dict[tuple[str, str], dict] = {}
         self.reference_cache: dict[tuple, list[np.ndarray]] = {}  # (file, batch, T, sets) -> predictions
         self.rows: list[dict] = []
@@ -195,6 +204,7 @@ class Benchmark:
             "providers_run": self.providers,
             "notes": self.notes,
             "peaks": [p.to_dict() for p in self.peaks.values()],
+            "bandwidths": [b.to_dict() for b in self.bandwidths.values()],
             "baseline": self.baseline,
             "pareto_batch": self.pareto_batch,
         }
@@ -399,17 +409,37 @@ class Benchmark:
                 self.notes.append(f"{provider_key} {dtype} MatMul peak failed: {peak.error}")
         return self.peaks[(provider_key, dtype)]
 
+    def _bandwidth(self, provider: str):
+        """The ONNX Runtime GEMV bandwidth of `provider` (TF rows on the same device use it too: same memory)."""
+        if provider not in self.bandwidths:
+            self.bandwidths[provider] = onnx_bandwidth(provider, self.threads)
+            if self.bandwidths[provider].gbs is None:
+                self.notes.append(f"{provider} bandwidth measurement failed: {self.bandwidths[provider].error}")
+        return self.bandwidths[provider]
+
     def _roofline(self, row: dict, model: Model, provider: str, seconds: float) -> None:
         card = model.card
         row["gflops"] = achieved_gflops(card.flops_per_video, row["batch"], seconds)
         key = f"tf-{provider}" if model.kind == "savedmodel" else provider
-        dtype = peak_dtype(card.precision) if provider in GPU_PROVIDERS and model.kind == "onnx" else "float32"
+        dtype = peak_dtype(card.precision, provider) if model.kind == "onnx" else "float32"
         peak = self._peak(key, dtype)
         if peak.gflops is None and dtype != "float32":
             peak = self._peak(key, "float32")
         if peak.gflops:
             row["peak_gflops"] = peak.gflops
+            row["peak_dtype"] = peak.dtype
             row["pct_peak"] = 100.0 * row["gflops"] / peak.gflops
+        if not card.weight_reads_per_video:  # a card from before the bytes were recorded: FLOPs only
+            return
+        moved = bytes_moved(card.weight_reads_per_video, card.precision, row["batch"], card.frames, feature_size(card))
+        bandwidth = self._bandwidth(provider)
+        roof, bound = roof_seconds(card.flops_per_video * row["batch"], moved, peak.gflops, bandwidth.gbs)
+        row["bytes_mb"] = moved / 1e6
+        row["bandwidth_gbs"] = bandwidth.gbs
+        if roof is not None:
+            row["roof_ms"] = roof * 1e3
+            row["pct_roof"] = 100.0 * roof / seconds
+            row["bound"] = bound
 
 
 class _Dead(Exception):

@@ -40,7 +40,14 @@ ROW_FIELDS = [
     "peak_mem_mb",
     "gflops",
     "peak_gflops",
+    "peak_dtype",
     "pct_peak",
+    "bytes_mb",
+    "bandwidth_gbs",
+    "roof_ms",
+    "pct_roof",
+    "bound",
+    "roof_speedup",
     "speedup",
     "gap",
     "map",
@@ -75,22 +82,44 @@ def is_ok(row: dict) -> bool:
 
 def add_speedups(rows: list[dict], baseline: str | None) -> list[dict]:
     """Each row's p50 speed-up over the baseline model's row at the same batch and provider (same mode where the
-    baseline has it, else the baseline's plain 'run'/'tf' row): baseline p50 / row p50."""
+    baseline has it, else the baseline's plain 'run'/'tf' row): baseline p50 / row p50; and the speed-up the
+    roofline predicts (baseline roof / row roof) where both have one."""
     reference = {}
     for row in rows:
         if row["model"] == baseline and is_ok(row):
-            reference[(row["batch"], row["provider"], row["mode"])] = row["p50_ms"]
+            reference[(row["batch"], row["provider"], row["mode"])] = row
     out = []
     for row in rows:
-        row = dict(row, speedup=None)
+        row = dict(row, speedup=None, roof_speedup=None)
         if is_ok(row):
             key = (row["batch"], row["provider"])
             base = reference.get((*key, row["mode"]))
             base = base or next((reference[(*key, m)] for m in TIMED_MODES if (*key, m) in reference), None)
             if base:
-                row["speedup"] = base / row["p50_ms"]
+                row["speedup"] = base["p50_ms"] / row["p50_ms"]
+                if base.get("roof_ms") and row.get("roof_ms"):
+                    row["roof_speedup"] = base["roof_ms"] / row["roof_ms"]
         out.append(row)
     return out
+
+
+def roofline_table(rows: list[dict]) -> str:
+    """Each model's measured speed-up over the baseline next to the one the roofline predicts."""
+    table = [
+        [
+            r["model"],
+            r["provider"],
+            r["batch"],
+            r.get("bound") or "",
+            _num(r.get("speedup"), ".2f") + "x",
+            _num(r.get("roof_speedup"), ".2f") + "x",
+            _num(100 * r["speedup"] / r["roof_speedup"], ".0f") + "%",
+        ]
+        for r in rows
+        if r.get("speedup") is not None and r.get("roof_speedup")
+    ]
+    headers = ["model", "provider", "batch", "bound", "speed-up", "roofline's speed-up", "% of the roofline's"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "(none)"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -198,7 +227,8 @@ COMPACT = [
     "p99 ms",
     "videos/s",
     "mem MB",
-    "% peak",
+    "% roof",
+    "bound",
     "speed-up",
     "GAP",
 ]
@@ -224,6 +254,10 @@ def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
         "mem MB",
         "GFLOP/s",
         "% peak",
+        "MB moved",
+        "roof ms",
+        "% roof",
+        "bound",
         "speed-up",
         "GAP",
         "mAP",
@@ -251,6 +285,10 @@ def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
                 _num(r.get("peak_mem_mb"), ".1f"),
                 _num(r.get("gflops"), ".2f"),
                 _num(r.get("pct_peak"), ".1f"),
+                _num(r.get("bytes_mb"), ",.1f"),
+                _num(r.get("roof_ms"), ".3f"),
+                _num(r.get("pct_roof"), ".1f"),
+                r.get("bound") or "",
                 _num(r.get("speedup"), ".2f") + ("x" if r.get("speedup") is not None else ""),
                 _num(r.get("gap"), ".4f"),
                 _num(r.get("map"), ".4f"),
@@ -351,14 +389,31 @@ def _markdown(rows: list[dict], meta: dict) -> str:
     peaks = [
         [p["provider"], p["dtype"], p["size"], _num(p["gflops"], ",.1f"), p.get("error") or ""] for p in meta["peaks"]
     ]
+    bandwidths = [
+        [b["provider"], f"{b['bytes'] / 1e6:.0f} MB", _num(b["gbs"], ".1f"), b.get("error") or ""]
+        for b in meta.get("bandwidths", [])
+    ]
     lines += [
-        "## Matrix-multiply peak (roofline reference)",
+        "## Roofline: compute peaks and memory bandwidth",
         "",
         tabulate(
             peaks, headers=["provider", "dtype", "n", "GFLOP/s", "error"], tablefmt="github", disable_numparse=True
         )
         if peaks
-        else "(none measured)",
+        else "(no peak measured)",
+        "",
+        tabulate(
+            bandwidths,
+            headers=["provider", "matrix streamed", "GB/s", "error"],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+        if bandwidths
+        else "(no bandwidth measured: the cards hold no weight reads; re-export the models)",
+        "",
+        "## Speed-ups against the roofline's",
+        "",
+        roofline_table(rows),
         "",
         "## Accuracy against latency",
         "",
@@ -389,7 +444,11 @@ METHOD = [
     "created (the input sets already allocated, freed memory returned to the OS with malloc_trim first). The first "
     "cell of a runtime also pays its one-time allocations (TensorFlow's, for a SavedModel).",
     "Roofline: achieved GFLOP/s = card.flops_per_video x batch / p50, against the best of a few runs of one "
-    "n x n MatMul on the same provider with the same threads (float16 peak for fp16/bf16 files where measured).",
+    "n x n MatMul on the same provider with the same threads ('% peak'; int8 files against an int8 MatMulInteger "
+    "peak on the CPU, fp16/bf16 files against a float16 peak on a GPU). 'MB moved' = the weights one video reads "
+    "(card.weight_reads_per_video: a recurrent matrix once per sequential step) x bytes per weight of the precision "
+    "+ the batch's float32 frames; 'roof ms' = max(FLOPs / peak, MB moved / bandwidth), the bandwidth measured by "
+    "a vector-matrix product streaming a 256 MB matrix; '% roof' = roof ms / p50; 'bound' names the larger term.",
     "On a GPU, 'run' rows use session.run with numpy (host copies included); 'iobinding' rows keep inputs and "
     "outputs on the device. The CUDA provider runs with use_tf32=0 (float32 means float32); TensorRT keeps its "
     "defaults.",

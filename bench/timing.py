@@ -9,7 +9,6 @@ size sampled by a background thread.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import numpy as np
 import psutil
 
 from vidistill.yt8m.errors import ConfigError
+from vidistill.yt8m.memory import trim_heap
 
 PERCENTILES = (50, 90, 99)
 MIN_CAPPED_RUNS = 3
@@ -103,15 +103,6 @@ def timed_runs(
             return latencies
         if elapsed >= max(time_cap, duration) and len(latencies) >= MIN_CAPPED_RUNS:
             return latencies
-
-
-def trim_heap() -> None:
-    """Give memory freed earlier (a closed session) back to the OS (glibc malloc_trim), so that a new session cannot
-    reuse it without the resident set size showing it. A no-op where there is no glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class PeakRSS:

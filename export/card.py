@@ -76,6 +76,8 @@ class ModelCard:
     opset: int
     tolerance: Tolerance
     reference: str | None = None  # the fp32 file this variant is compared with (None for fp32 itself)
+    # weights read from memory per video at batch 1 (teachers.registry.model_weight_reads); 0: not recorded
+    weight_reads_per_video: int = 0
     parity: Parity | None = None
     accuracy: Accuracy | None = None
     model_config: dict = field(default_factory=dict)  # the backbone's ModelConfig as a dict

@@ -28,9 +28,16 @@ from vidistill.export.predictor import Predictor, frames_to_read, prepare_inputs
 from vidistill.export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
 from vidistill.export.sessions import available_providers
 from vidistill.export.source import ExportSource
-from vidistill.teachers.registry import model_flops
+from vidistill.teachers.registry import model_flops, model_weight_reads
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
+from vidistill.yt8m.memory import require_memory, trim_heap
 from vidistill.yt8m.metrics import VideoMetrics
+
+# The export's peak resident memory is at most this (measured with `vidistill bench-scale` on the three reference
+# presets, docs/BENCHMARKS.md): it is refused before it starts where less is available.
+EXPORT_MEMORY_FIXED = 2e9  # bytes: TensorFlow, ONNX Runtime, the held-out videos
+EXPORT_MEMORY_PER_WEIGHT_BYTE = 8
+FROM_FP32 = {"fp16", "bf16", "int8-dynamic", "int8-static"}  # the variants made from the fp32 ONNX model
 
 # Below this many held-out videos a GAP difference is noise (its standard error is several points): accuracy is
 # still reported, but the GAP-drop tolerance is not applied (the card says so).
@@ -177,6 +184,7 @@ class Exporter:
         losses = qat.qat_finetune(
             model, dataset, steps=self.config.qat_steps, learning_rate=self.config.qat_learning_rate
         )
+        trim_heap()  # the optimizer's state (two copies of the weights) goes before the conversion needs memory
         proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)
         notes = [
             f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
@@ -209,6 +217,7 @@ class Exporter:
             outputs=s.outputs(),
             parameters=int(s.network.count_params()),
             flops_per_video=int(model_flops(s.config)),
+            weight_reads_per_video=int(model_weight_reads(s.config, fused=name not in TF_PRECISIONS)),
             file_bytes=0,
             opset=self.config.opset if name in ONNX_PRECISIONS else 0,
             tolerance=TOLERANCES[name],
@@ -261,6 +270,12 @@ class Exporter:
 
     # -- the whole export --------------------------------------------------------------------------------------
     def run(self) -> list[ModelCard]:
+        weights = 4 * self.source.network.count_params()
+        require_memory(
+            EXPORT_MEMORY_FIXED + EXPORT_MEMORY_PER_WEIGHT_BYTE * weights,
+            f"exporting this {weights / 1e6:.0f} MB model",
+            "close other programs, or export on a machine with more memory (docs/BENCHMARKS.md: memory per stage)",
+        )
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, "export.yaml"), "w") as f:
             yaml.safe_dump(
@@ -268,8 +283,14 @@ class Exporter:
             )
         self.held_out = HeldOut(self.source, self.config, self.bad_records)
         self.fp32 = onnx_export.convert(self.source.network, self.source.config, opset=self.config.opset)
+        trim_heap()  # the conversion's freed copies go back to the OS before the variants need memory
+        remaining = list(self.config.precisions)
         for name in tqdm(self.config.precisions, desc="export", unit="variant"):
             self.cards.append(self._export_one(name))
+            remaining.remove(name)
+            if not FROM_FP32.intersection(remaining):
+                self.fp32 = None  # no variant left is made from it: its memory goes before the next one
+            trim_heap()
         return self.cards
 
     def _export_one(self, name: str) -> ModelCard:

@@ -64,8 +64,7 @@ def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelPr
     if recurrent:
         attach_sequence_lengths(proto, config)
     proto.doc_string = f"vidistill {config.family} network, {config.frames} input frames"
-    onnx.checker.check_model(proto)
-    return proto
+    return proto  # checked by save_model, from the file (a check of the proto would serialize a copy of it)
 
 
 def _lengths_nodes(config: ModelConfig) -> tuple[list, list, dict[str, str]]:
@@ -129,7 +128,12 @@ def attach_sequence_lengths(proto: onnx.ModelProto, config: ModelConfig) -> None
 
 
 def save_model(proto: onnx.ModelProto, path: str) -> str:
-    """Writes atomically (a temporary name, then rename): a failed export leaves no half-written file."""
-    with atomic_write(path, "wb") as f:
+    """Writes atomically (a temporary name, then rename): a failed export leaves no half-written file. The file is
+    checked (onnx.checker) before it takes its name; from the file, so no second copy of the weights is made."""
+
+    def checked(tmp: str) -> None:
+        onnx.checker.check_model(tmp)
+
+    with atomic_write(path, "wb", before_rename=checked) as f:
         onnx.save(proto, f)
     return path

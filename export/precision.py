@@ -89,8 +89,39 @@ def _low_initializer(init: onnx.TensorProto, precision: str, name: str) -> onnx.
     return tensor
 
 
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with everything but the graph's initializers (never a copy of the weights)."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    return copy
+
+
+_SKELETON_ELEMENTS = 1024  # initializers this small keep their values for shape inference (shapes, axes)
+
+
 def _float_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    """Element type of every tensor, by shape inference on the graph with its large initializers' values left out
+    (their dims and types are what inference reads): a fraction of the model's memory, not copies of it."""
+    skeleton = _without_initializers(model)
+    for init in model.graph.initializer:
+        if int(np.prod(init.dims)) <= _SKELETON_ELEMENTS:
+            skeleton.graph.initializer.add().CopyFrom(init)
+        else:
+            skeleton.graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
     types = {}
     graph = inferred.graph
     for value in [*graph.input, *graph.output, *graph.value_info]:
@@ -105,11 +136,12 @@ def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -
     if precision not in LOW:
         raise ConfigError(f"unknown low precision {precision!r}; choose one of {', '.join(LOW)}")
     low = LOW[precision]
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     types = _float_types(model)
+    source = model
+    model = _without_initializers(source)  # the new model; its initializers are added below, converted or not
     graph = model.graph
     is_float = lambda name: types.get(name) == TensorProto.FLOAT  # noqa: E731
-    initializers = {init.name: init for init in graph.initializer}
+    initializers = {init.name: init for init in source.graph.initializer}
 
     def converts(node) -> bool:
         if node.op_type in blocked or any(
@@ -128,9 +160,11 @@ def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -
     low_name: dict[str, str] = {}  # float32 tensor -> its low-precision twin
     for name, init in initializers.items():
         if init.data_type == TensorProto.FLOAT and name in consumers:
-            init.CopyFrom(_low_initializer(init, precision, name))
+            graph.initializer.append(_low_initializer(init, precision, name))
             low_name[name] = name
             types[name] = low
+        else:
+            graph.initializer.add().CopyFrom(init)
 
     float_name: dict[str, str] = {}  # low tensor -> its float32 twin
     nodes = []
@@ -180,8 +214,7 @@ def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
-    onnx.checker.check_model(model)
-    return model
+    return model  # onnx_export.save_model checks the file
 
 
 _MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\(\d+\)")

@@ -1,7 +1,7 @@
 """TF SavedModels of the exported network, with the same inputs as its ONNX files: the baseline a user would
 otherwise deploy (`tf-fp32`), and `tf-bf16`, the same graph with its weights stored in bfloat16 (half the size; the
-2018 4th-place trick): the variables are frozen into constants, each large float constant is stored as bf16 and
-cast back to float32 inside the graph, so serving still computes in float32.
+2018 4th-place trick): the network is frozen, each float weight becomes a bfloat16 variable cast back to float32
+where the graph reads it, so serving still computes in float32.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import numpy as np
 import tensorflow as tf
 
 from vidistill.export.errors import ExportError
-from vidistill.export.tf2onnx_lean import frozen_graph_def
+from vidistill.export.tf2onnx_lean import frozen_graph_def, strip_weights
 from vidistill.yt8m.constants import FEATURE_SIZE
 
 from vidistill.export.config import TF_PRECISIONS
 from vidistill.yt8m.errors import ConfigError
-
-_MIN_BF16_ELEMENTS = 64  # small constants (shapes, scalars, biases of tiny layers) stay float32
 
 
 def _signature(frames: int):
@@ -27,6 +25,9 @@ def _signature(frames: int):
         tf.TensorSpec([None, frames, FEATURE_SIZE], tf.float32, name="frames"),
         tf.TensorSpec([None], tf.int32, name="num_frames"),
     )
+
+
+_MIN_BF16_BYTES = 256  # smaller constants (shapes, scalars, biases of tiny layers) stay float32 constants
 
 
 def _serve_function(network, frames: int):
@@ -38,38 +39,38 @@ def _serve_function(network, frames: int):
     return serve
 
 
-def _bf16_graph(serve) -> tuple[tf.compat.v1.GraphDef, list[str], list[str]]:
-    """(the frozen graph with its large float constants stored as bf16, input names, output names in sorted key
-    order). The graph is rebuilt node by node (not edited in place), so the float32 weights are freed with it."""
+def _bf16_module(serve) -> tf.Module:
+    """A module serving the frozen graph of `serve` with each large weight a bfloat16 variable, cast to float32
+    where the graph reads it. Variables, not constants: TensorFlow's constant folding would turn cast constants back
+    into float32 ones when the model loads (3 copies of the weights in memory, measured), which it never does to a
+    variable read."""
     concrete = serve.get_concrete_function()
-    frozen = frozen_graph_def(concrete)
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.versions.CopyFrom(frozen.versions)
-    graph_def.library.CopyFrom(frozen.library)
-    stored = 0
-    for node in frozen.node:
-        if node.op != "Const" or node.attr["dtype"].type != tf.float32.as_datatype_enum:
-            graph_def.node.add().CopyFrom(node)
-            continue
-        values = tf.make_ndarray(node.attr["value"].tensor)
-        if values.size < _MIN_BF16_ELEMENTS:
-            graph_def.node.add().CopyFrom(node)
-            continue
-        const = graph_def.node.add()
-        const.name, const.op, const.device = f"{node.name}/bf16", "Const", node.device
-        const.attr["dtype"].type = tf.bfloat16.as_datatype_enum
-        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(tf.constant(values, tf.bfloat16)))
-        cast = graph_def.node.add()
-        cast.name, cast.op, cast.device = node.name, "Cast", node.device
-        cast.input.append(const.name)
-        cast.attr["SrcT"].type = tf.bfloat16.as_datatype_enum
-        cast.attr["DstT"].type = tf.float32.as_datatype_enum
-        cast.attr["Truncate"].b = False
-        stored += 1
-    if not stored:
+    graph_def, weights = strip_weights(frozen_graph_def(concrete), min_bytes=_MIN_BF16_BYTES, keep_folded=False)
+    placeholders = {n.name: n for n in graph_def.node if n.name in weights}
+    module = tf.Module()
+    module.weights = []
+    casts = {}
+    for name, content in weights.items():
+        node = placeholders[name]
+        dtype = tf.dtypes.as_dtype(node.attr["dtype"].type)
+        shape = [d.size for d in node.attr["shape"].shape.dim]
+        values = np.frombuffer(content, dtype.as_numpy_dtype).reshape(shape)
+        stored = tf.Variable(tf.constant(values, tf.bfloat16) if dtype == tf.float32 else values, trainable=False)
+        module.weights.append(stored)
+        casts[name] = (stored, dtype)
+    del weights
+    if not any(dtype == tf.float32 for _, dtype in casts.values()):
         raise ExportError("tf-bf16: the frozen graph holds no float weights to store in bfloat16")
+
+    def imported():
+        input_map = {f"{name}:0": tf.cast(stored, dtype) for name, (stored, dtype) in casts.items()}
+        tf.compat.v1.import_graph_def(graph_def, input_map=input_map, name="")
+
     inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
-    return graph_def, inputs, [t.name for t in concrete.outputs]
+    # the function returns its outputs flattened in sorted key order
+    outputs = dict(zip(sorted(["predictions", "representation"]), [t.name for t in concrete.outputs]))
+    module.serve = tf.compat.v1.wrap_function(imported, []).prune(feeds=inputs, fetches=outputs)
+    return module
 
 
 def save_saved_model(network, frames: int, path: str, precision: str) -> str:
@@ -77,16 +78,12 @@ def save_saved_model(network, frames: int, path: str, precision: str) -> str:
     if precision not in TF_PRECISIONS:
         raise ConfigError(f"unknown TF precision {precision!r}; choose one of {', '.join(TF_PRECISIONS)}")
     serve = _serve_function(network, frames)
-    module = tf.Module()
     if precision == "tf-fp32":
+        module = tf.Module()
         module.variables_ = list(network.variables)
         module.serve = serve
     else:
-        graph_def, inputs, output_names = _bf16_graph(serve)
-        # the function returns its outputs flattened in sorted key order
-        outputs = dict(zip(sorted(["predictions", "representation"]), output_names))
-        wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
-        module.serve = wrapped.prune(feeds=inputs, fetches=outputs)
+        module = _bf16_module(serve)
     tmp = path.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})

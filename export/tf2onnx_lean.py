@@ -22,6 +22,7 @@ The ONNX graph is the same node for node (tests/test_export.py: `test_lean_conve
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 
@@ -131,16 +132,19 @@ def weights_folded_by_grappler(graph_def: graph_pb2.GraphDef) -> set[str]:
     return {n.name for n in graph_def.node if n.op == "Const" and folded(n.name)}
 
 
-def strip_weights(graph_def: graph_pb2.GraphDef) -> tuple[graph_pb2.GraphDef, dict[str, bytes]]:
-    """(a new GraphDef with each large weight as a Placeholder, {node name: the weight's bytes})."""
-    keep = weights_folded_by_grappler(graph_def)
+def strip_weights(
+    graph_def: graph_pb2.GraphDef, *, min_bytes: int = STRIP_BYTES, keep_folded: bool = True
+) -> tuple[graph_pb2.GraphDef, dict[str, bytes]]:
+    """(a new GraphDef with each weight of at least `min_bytes` as a Placeholder, {node name: the weight's bytes});
+    `keep_folded`: weights that grappler's constant folding reads stay constants."""
+    keep = weights_folded_by_grappler(graph_def) if keep_folded else set()
     small = graph_pb2.GraphDef()
     small.versions.CopyFrom(graph_def.versions)
     small.library.CopyFrom(graph_def.library)
     weights = {}
     for node in graph_def.node:
         tensor = node.attr["value"].tensor if node.op == "Const" else None
-        if tensor is None or len(tensor.tensor_content) < STRIP_BYTES or node.name in keep:
+        if tensor is None or len(tensor.tensor_content) < min_bytes or node.name in keep:
             small.node.add().CopyFrom(node)
             continue
         weights[node.name] = tensor.tensor_content
@@ -199,5 +203,7 @@ def function_to_onnx(function, input_signature, *, opset: int) -> onnx.ModelProt
                 tensors_to_rename=renames,
             )
         del weights, graph
+        gc.collect()  # TensorFlow's graphs and tf2onnx's reading of them are cycles holding copies of the weights
         onnx_graph = optimizer.optimize_graph(onnx_graph, catch_errors=False)
+        gc.collect()  # the optimizers' replaced nodes
         return onnx_graph.make_model(f"converted from {concrete.name}")

@@ -116,6 +116,11 @@ class ClassifierHead(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes, "head": dataclasses.asdict(self.head)}
 
 
+def head_weights(width: int, num_classes: int, head: HeadConfig) -> int:
+    """Weight elements of the head's matrices (each is used once per video: its multiply-accumulates)."""
+    return head_flops(width, num_classes, head) // 2
+
+
 def head_flops(width: int, num_classes: int, head: HeadConfig) -> int:
     """FLOPs (2 x multiply-accumulates) of the head on one video's representation of `width`."""
     if head.kind == "moe":

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from vidistill.teachers.config import HLSTMConfig, RNNConfig
-from vidistill.teachers.heads import head_flops
+from vidistill.teachers.heads import head_flops, head_weights
 from vidistill.teachers.registry import register
 from vidistill.yt8m.constants import FEATURE_SIZE
 
@@ -134,11 +134,38 @@ def rnn_flops(config: RNNConfig) -> int:
     return 2 * steps + head_flops(width, config.num_classes, config.head)
 
 
-@register("hlstm", flops=hlstm_flops)
+def stacked_rnn_weight_reads(cell: str, inputs: int, cells: int, layers: int, steps: int, fused: bool) -> int:
+    """Weights one stacked RNN reads over `steps` sequential steps (model_weight_reads explains `fused`)."""
+    gates = 4 if cell == "lstm" else 3
+    total = 0
+    for i in range(layers):
+        w, r = gates * cells * (inputs if i == 0 else cells), gates * cells * cells
+        total += (w + r * steps) if fused else (w + r) * steps
+    return total
+
+
+def hlstm_weight_reads(config: HLSTMConfig, fused: bool) -> int:
+    """The lower LSTM steps through a chunk's frames (all chunks at once), the upper one through the chunks."""
+    lower_state = 2 * config.lower_layers * config.lower_cells
+    lower = stacked_rnn_weight_reads(
+        "lstm", FEATURE_SIZE, config.lower_cells, config.lower_layers, config.chunk_frames, fused
+    )
+    upper = stacked_rnn_weight_reads("lstm", lower_state, config.upper_cells, config.upper_layers, config.chunks, fused)
+    width = 2 * config.upper_layers * config.upper_cells
+    return lower + upper + head_weights(width, config.num_classes, config.head)
+
+
+def rnn_weight_reads(config: RNNConfig, fused: bool) -> int:
+    steps = stacked_rnn_weight_reads(config.cell, FEATURE_SIZE, config.cells, config.layers, config.frames, fused)
+    width = config.cells * config.layers * (2 if config.cell == "lstm" else 1)
+    return steps + head_weights(width, config.num_classes, config.head)
+
+
+@register("hlstm", flops=hlstm_flops, weight_reads=hlstm_weight_reads)
 def hlstm_encoder(config: HLSTMConfig) -> keras.layers.Layer:
     return HierarchicalLSTMEncoder(config, name="hlstm")
 
 
-@register("rnn", flops=rnn_flops)
+@register("rnn", flops=rnn_flops, weight_reads=rnn_weight_reads)
 def rnn_encoder(config: RNNConfig) -> keras.layers.Layer:
     return RNNEncoder(config, name=config.cell)

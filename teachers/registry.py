@@ -20,14 +20,16 @@ from vidistill.yt8m.errors import ConfigError
 class Family:
     encoder: Callable[[ModelConfig], keras.layers.Layer]  # config -> layer(frames, num_frames) -> E [B, E]
     flops: Callable[[ModelConfig], int]  # config -> FLOPs (2 x multiply-accumulates) per video
+    # (config, fused) -> weights read from memory per video at batch 1 (see `model_weight_reads`)
+    weight_reads: Callable[[ModelConfig, bool], int]
 
 
 FAMILIES: dict[str, Family] = {}
 
 
-def register(family: str, *, flops: Callable[[ModelConfig], int]):
+def register(family: str, *, flops: Callable[[ModelConfig], int], weight_reads: Callable[[ModelConfig, bool], int]):
     def decorator(encoder):
-        FAMILIES[family] = Family(encoder, flops)
+        FAMILIES[family] = Family(encoder, flops, weight_reads)
         return encoder
 
     return decorator
@@ -62,3 +64,13 @@ def build_model(config: ModelConfig, name: str | None = None) -> keras.Model:
 def model_flops(config: ModelConfig) -> int:
     """Analytic FLOPs per video (2 x multiply-accumulates; elementwise work is not counted)."""
     return _family(config).flops(config)
+
+
+def model_weight_reads(config: ModelConfig, *, fused: bool = True) -> int:
+    """Weights read from memory for one video at batch 1, counted in weights (times bytes per weight = bytes).
+
+    A weight matrix applied to all frames at once is read once; a recurrent layer's matrices are read again at every
+    sequential step. `fused` (ONNX Runtime's LSTM/GRU kernels): the input projection of all steps is one matrix
+    product, so only the recurrent matrix is read per step; not fused (Keras' step function, the TF SavedModel):
+    both are. At batch 1 these models are bound by these reads, not by their FLOPs (bench's roofline)."""
+    return _family(config).weight_reads(config, fused)

@@ -34,7 +34,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from vidistill.teachers.config import NetVLADConfig, NeXtVLADConfig
-from vidistill.teachers.heads import BN, ContextGating, head_flops
+from vidistill.teachers.heads import BN, ContextGating, head_flops, head_weights
 from vidistill.teachers.registry import register
 from vidistill.yt8m.constants import AUDIO_SIZE, RGB_SIZE
 from vidistill.yt8m.errors import ConfigError
@@ -307,11 +307,41 @@ def nextvlad_flops(config: NeXtVLADConfig) -> int:
     return 2 * macs + head_flops(config.hidden, config.num_classes, config.head)
 
 
-@register("netvlad", flops=netvlad_flops)
+def netvlad_weight_reads(config: NetVLADConfig, fused: bool) -> int:
+    """Every matrix once (the frames go through each as one product): assignment and centres of both streams,
+    the hidden FC, context gating, the head."""
+    del fused  # no recurrence
+    streams = ((RGB_SIZE, config.clusters), (AUDIO_SIZE, audio_clusters(config.clusters)))
+    centres = config.pooling == "netvlad"
+    pooling = sum(size * k * (2 if centres else 1) for size, k in streams)
+    width = sum(k if config.pooling == "softdbof" else size * k for size, k in streams)
+    weights = pooling + width * config.hidden + (config.hidden**2 if config.context_gating else 0)
+    return weights + head_weights(config.hidden, config.num_classes, config.head)
+
+
+def nextvlad_weight_reads(config: NeXtVLADConfig, fused: bool) -> int:
+    """Every matrix once: expansion, group attention, assignment and centres of both streams, the hidden FC, the
+    SE gating, the head."""
+    del fused  # no recurrence
+    streams = (
+        (RGB_SIZE, config.groups, config.clusters),
+        (AUDIO_SIZE, audio_groups(config.groups), audio_clusters(config.clusters)),
+    )
+    pooling = 0
+    for size, groups, clusters in streams:
+        expanded = config.expansion * size
+        pooling += size * expanded + expanded * groups + expanded * groups * clusters + expanded // groups * clusters
+    width = sum(config.expansion * n // g * k for n, g, k in streams)
+    squeeze = config.hidden // config.se_reduction
+    weights = pooling + width * config.hidden + 2 * config.hidden * squeeze
+    return weights + head_weights(config.hidden, config.num_classes, config.head)
+
+
+@register("netvlad", flops=netvlad_flops, weight_reads=netvlad_weight_reads)
 def netvlad_encoder(config: NetVLADConfig) -> keras.layers.Layer:
     return NetVLADEncoder(config, name=config.pooling)
 
 
-@register("nextvlad", flops=nextvlad_flops)
+@register("nextvlad", flops=nextvlad_flops, weight_reads=nextvlad_weight_reads)
 def nextvlad_encoder(config: NeXtVLADConfig) -> keras.layers.Layer:
     return NeXtVLADEncoder(config, name="nextvlad")

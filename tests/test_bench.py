@@ -24,6 +24,7 @@ from vidistill.cli import main
 
 T, F, C, E = 4, 1152, 5, 8
 FLOPS = 2 * T * F + 2 * F * (C + E)
+WEIGHT_READS = F * (C + E) + 100_000  # a little more traffic than the matrices (as a recurrent model would read)
 GAPS = {"fp32": 0.80, "int8-dynamic": 0.79, "fp16": 0.50}
 TOLERANCE = 0.01
 
@@ -83,6 +84,7 @@ def _card(precision: str, file: str, reference: str | None, gap: float | None = 
         ],
         parameters=F * (C + E),
         flops_per_video=FLOPS,
+        weight_reads_per_video=WEIGHT_READS,
         file_bytes=0,
         opset=17,
         tolerance=Tolerance(max_abs=TOLERANCE, gap_drop=0.005),
@@ -250,6 +252,14 @@ def test_bench_onnx_rows_report_and_failures(models, tmp_path):
             assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"] and row["videos_per_s"] > 0
             assert row["gflops"] == pytest.approx(FLOPS * batch / (row["p50_ms"] / 1e3) / 1e9)
             assert row["pct_peak"] == pytest.approx(100 * row["gflops"] / row["peak_gflops"])
+            assert row["peak_dtype"] == ("int8" if key == "int8" else "float32")  # int8 files: an int8 peak
+            # bytes: the card's weight reads x bytes per weight (int8: 1, fp32: 4) + the batch's float32 frames
+            assert row["bytes_mb"] * 1e6 == WEIGHT_READS * (1 if key == "int8" else 4) + batch * T * F * 4
+            compute = FLOPS * batch / (row["peak_gflops"] * 1e9)
+            memory = row["bytes_mb"] * 1e6 / (row["bandwidth_gbs"] * 1e9)
+            assert row["roof_ms"] == pytest.approx(1e3 * max(compute, memory))
+            assert row["bound"] == ("memory" if memory > compute else "compute")
+            assert row["pct_roof"] == pytest.approx(100 * row["roof_ms"] / row["p50_ms"])
             assert row["session_s"] > 0 and row["first_run_ms"] > 0 and row["peak_mem_mb"] is not None
             assert row["nodes"].startswith("CPU ") and row["cpu_fallbacks"] == 0
     assert by[(labels["fp32"], 1)]["status"] == "ok (is the fp32 reference)"
@@ -271,6 +281,7 @@ def test_bench_onnx_rows_report_and_failures(models, tmp_path):
         base, other = by[(labels["fp32"], batch)], by[(labels["int8"], batch)]
         assert base["speedup"] == pytest.approx(1.0)
         assert other["speedup"] == pytest.approx(base["p50_ms"] / other["p50_ms"])
+        assert other["roof_speedup"] == pytest.approx(base["roof_ms"] / other["roof_ms"])
 
     # the report files
     assert sorted(os.listdir(report)) == ["pareto.png", "report.csv", "report.json", "report.md", "rows.jsonl"]
@@ -282,9 +293,16 @@ def test_bench_onnx_rows_report_and_failures(models, tmp_path):
     saved = json.loads((report / "report.json").read_text())
     assert saved["config"]["runs"] == 4 and saved["config"]["batches"] == [1, 2] and saved["threads"] >= 1
     assert len(saved["rows"]) == len(rows) and saved["peaks"][0]["gflops"] > 0
+    assert {p["dtype"] for p in saved["peaks"]} == {"float32", "int8"} and saved["bandwidths"][0]["gbs"] > 0
     markdown = (report / "report.md").read_text()
     for text in ("CUDA unavailable", "failed: parity", "failed: cannot load", "static batch of 1", "Pareto", "CPU"):
         assert text in markdown, text
+    roofline = markdown[markdown.index("## Speed-ups against the roofline's") :].split("\n\n")[1]
+    int8_row = by[(labels["int8"], 1)]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in roofline.splitlines()[2:]]
+    expected = f"{100 * int8_row['speedup'] / int8_row['roof_speedup']:.0f}%"
+    assert [labels["int8"], "cpu", "1", int8_row["bound"]] + [f"{int8_row['speedup']:.2f}x"] in [c[:5] for c in cells]
+    assert expected in [c[6] for c in cells if c[0] == labels["int8"] and c[2] == "1"]
     assert (report / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

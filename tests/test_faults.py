@@ -229,3 +229,18 @@ def test_skip_bad_records_on_every_command_that_reads_records(command, files, ca
     out = capsys.readouterr().out
     # training reads its data over and over: the bad record counts once per pass
     assert "skipped 1 bad record(s)" in out or "bad record reads (a bad record counts once per pass" in out, out
+
+
+def test_an_export_that_will_not_fit_is_refused_before_it_starts(files, capsys, monkeypatch):
+    """The estimate (2 GB + 8 x the weights: the measured bound, docs/BENCHMARKS.md) against the memory available
+    now: here the machine is made to look full. One line, exit 2, nothing written."""
+    import psutil
+
+    available = psutil.virtual_memory()._replace(available=1_500_000_000)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: available)
+    out = _f(files, "no-room")
+    assert main(["export", str(files["run"]), "--which", "teacher", "--out", out, "--precision", "fp32"]) == 2
+    line = _error_line(capsys.readouterr().err, "export")
+    assert "exporting this 0 MB model needs about 2.0 GB of memory" in line, line
+    assert "this machine has 1.5 GB available" in line and "close other programs" in line
+    assert not os.path.exists(out)

@@ -26,6 +26,20 @@ def test_atomic_write_replaces_the_file_only_when_the_block_succeeds(tmp_path):
     assert (tmp_path / "new.csv").read_bytes() == b"a,b\r\n"
 
 
+def test_a_written_file_that_fails_its_check_never_takes_the_name(tmp_path):
+    path = tmp_path / "model.onnx"
+    seen = []
+
+    def check(tmp):
+        seen.append(open(tmp).read())
+        raise ValueError("not a model")
+
+    with pytest.raises(ValueError, match="not a model"):
+        with atomic_write(path, before_rename=check) as f:
+            f.write("garbage")
+    assert seen == ["garbage"] and os.listdir(tmp_path) == []  # checked whole, then neither file nor temporary
+
+
 @pytest.mark.parametrize("value, expected", [(None, "1"), ("1", "1"), ("0", "0")])
 def test_tf_use_legacy_keras_is_set_once_without_overwriting_the_users_value(value, expected):
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,7 +23,7 @@ from vidistill.teachers.config import (
     save_config,
 )
 from vidistill.teachers.presets import PRESETS, resolve
-from vidistill.teachers.registry import build_model, model_flops
+from vidistill.teachers.registry import build_model, model_flops, model_weight_reads
 
 TINY_HLSTM = HLSTMConfig(
     num_classes=5,
@@ -240,3 +241,36 @@ def test_cross_family_narrow_student_and_projection():
     assert out["predictions"].shape == (2, 100) and out["representation"].shape == (2, 128)
     projected = RepresentationProjection(teacher.output["representation"].shape[-1])(out["representation"])
     assert projected.shape == (2, 256)  # hlstm-small: c and h of one 128-cell upper layer
+
+
+def test_weight_reads_by_hand_recurrent_matrices_once_per_step():
+    """Lower LSTM: W 4*8*1152, R 4*8*8 over 4 steps (12 frames / 3 chunks); upper: W 4*8*16 (c and h of the lower
+    layer), R 4*8*8 over 3 steps; MoE head 16 x 4 x (2*2 + 1). Fused (ONNX Runtime): W once, R per step; Keras'
+    step function reads both per step."""
+    config = HLSTMConfig(
+        num_classes=4, frames=12, chunks=3, lower_cells=8, upper_cells=8, lower_layers=1, upper_layers=1
+    )
+    head = 16 * 4 * 5
+    assert model_weight_reads(config) == (36864 + 256 * 4) + (512 + 256 * 3) + head
+    assert model_weight_reads(config, fused=False) == (36864 + 256) * 4 + (512 + 256) * 3 + head
+
+
+def _matrix_weights(model) -> int:
+    # a GRU's bias is [2, 3 * cells] (input and recurrent biases): a bias all the same
+    return int(sum(np.prod(v.shape) for v in model.weights if len(v.shape) >= 2 and "bias" not in v.name))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PRESETS["netvlad-small"],
+        PRESETS["nextvlad-small"],
+        dataclasses.replace(PRESETS["lstm-small"], frames=1),  # one step: every matrix read once
+        dataclasses.replace(PRESETS["gru-small"], frames=1),
+    ],
+    ids=["netvlad", "nextvlad", "lstm", "gru"],
+)
+def test_weight_reads_without_recurrence_are_the_models_matrices(config):
+    """A VLAD model (or an RNN over one frame) reads each weight matrix exactly once per video: the count is the
+    built model's matrices (biases and normalization vectors are not counted)."""
+    assert model_weight_reads(config) == _matrix_weights(build_model(config))

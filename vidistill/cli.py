@@ -27,6 +27,7 @@ COMMANDS = {
     "demo": "demo",
     "bench-data": "bench_data",
     "bench": "bench",
+    "bench-scale": "bench_scale",
 }
 
 
