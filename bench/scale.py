@@ -254,10 +254,12 @@ def run_scale(config: ScaleConfig, echo=print) -> ScaleRun:
     budget = memory_budget(4 * run.parameters["teacher"])
     echo(f"{config.preset}: teacher {run.parameters['teacher'] / 1e6:.1f} M parameters, budget {budget / 1e9:.1f} GB")
     failed: set[str] = set()
+    ran: set[str] = set()  # stages run by this call (not kept from an earlier one)
     for i, stage in enumerate(stages(config)):
         slug = f"{i:02d}-" + "".join(c if c.isalnum() else "-" for c in stage.name).strip("-")
         mark, log_path = os.path.join(marks, f"{slug}.json"), os.path.join(logs, f"{slug}.log")
-        done = None if config.overwrite else _done(mark, stage.command)
+        rerun = config.overwrite or any(n in ran for n in stage.needs)  # its input was made again
+        done = None if rerun else _done(mark, stage.command)
         if done is not None:
             echo(f"  {stage.name}: done before ({done.finished}), kept")
             run.results.append(done)
@@ -270,6 +272,7 @@ def run_scale(config: ScaleConfig, echo=print) -> ScaleRun:
         for path in stage.remove:
             _remove(path)
         code, seconds, peak = run_child(vidistill_command(stage.arguments()), log_path)
+        ran.add(stage.name)
         result = StageResult(
             stage.name,
             stage.command,

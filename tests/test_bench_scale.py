@@ -106,4 +106,11 @@ def test_a_run_stops_what_a_failure_blocks_and_a_rerun_keeps_what_was_done(tmp_p
         for name in ("synth", "train (parallel, 1 step)", "export teacher tf-fp32 (+ fp32)")
     ]
     assert all(r.ok for r in second.results) and second.results[-1].stage == "bench"
+
+    # a stage whose input is made again runs again, even with its command unchanged
+    os.remove(os.path.join(config.out, "stages", "01-train--parallel--1-step.json"))
+    lines.clear()
+    run_scale(config, echo=lines.append)
+    kept = [line for line in lines if "done before" in line]
+    assert kept == [f"  synth: done before ({ran['synth'].finished}), kept"]
     assert json.load(open(os.path.join(config.out, "scale-config.json")))["precisions"] == ["fp32", "int8-dynamic"]
