@@ -28,8 +28,13 @@ from vidistill.students.student import RepresentationProjection, build_student
 from vidistill.teachers.registry import build_model
 from vidistill.yt8m.readers import BadRecords, list_files, read_frame_dataset
 from vidistill.yt8m.errors import ConfigError, UserError
+from vidistill.yt8m.memory import require_memory
 
 CHECKPOINTS = "checkpoints"
+# Training's peak resident memory is at most this (the weights, Adam's two slots and the gradients, measured with
+# `vidistill bench-scale`: docs/BENCHMARKS.md); it is refused before it starts where less is available.
+TRAIN_MEMORY_FIXED = 2e9  # bytes: TensorFlow, the input pipeline, activations of a small batch
+TRAIN_MEMORY_PER_WEIGHT_BYTE = 4
 BEST = os.path.join(CHECKPOINTS, "best")
 
 
@@ -307,6 +312,13 @@ class Run:
             )
             self.distiller.compile(optimizer=self.optimizer)
         # models that cannot be built (e.g. loss.head "teacher" with a narrower student) fail before this point
+        weights = 4 * sum(m.count_params() for m in (self.models.teacher, self.models.student) if m is not None)
+        require_memory(
+            TRAIN_MEMORY_FIXED + TRAIN_MEMORY_PER_WEIGHT_BYTE * weights,
+            f"training these models ({weights / 1e6:.0f} MB of float32 weights)",
+            "use a smaller preset or a narrower student (--width), or a machine with more memory "
+            "(docs/BENCHMARKS.md: memory per stage)",
+        )
         if fresh and self.is_chief:
             _clear_run(run_dir)
         os.makedirs(run_dir, exist_ok=True)

@@ -16,14 +16,13 @@ import contextlib
 
 import numpy as np
 import onnx
-import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
 from vidistill.export.errors import ExportError
+from vidistill.export.serving import serving_function, signature
 from vidistill.export.tf2onnx_lean import function_to_onnx
 from vidistill.teachers.config import HLSTMConfig, ModelConfig, RNNConfig
 from vidistill.teachers.recurrent import StackedRNN
-from vidistill.yt8m.constants import FEATURE_SIZE
 from vidistill.yt8m.files import atomic_write
 
 OPSET = 17
@@ -47,17 +46,8 @@ def unmasked_recurrence(model):
 def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelProto:
     """The network as an ONNX model: inputs frames [batch, frames, 1152] float32 and num_frames [batch] int32,
     outputs predictions and representation; recurrent layers as fused nodes with sequence lengths."""
-    signature = (
-        tf.TensorSpec([None, config.frames, FEATURE_SIZE], tf.float32, name="frames"),
-        tf.TensorSpec([None], tf.int32, name="num_frames"),
-    )
-
-    def serve(frames, num_frames):
-        outputs = network({"frames": frames, "num_frames": num_frames}, training=False)
-        return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
-
     with unmasked_recurrence(network) as recurrent:
-        proto = function_to_onnx(tf.function(serve), signature, opset=opset)
+        proto = function_to_onnx(serving_function(network, config.frames), signature(config.frames), opset=opset)
     unfused = sorted({n.op_type for n in proto.graph.node if n.op_type in UNFUSED_OPS})
     if unfused:
         raise ExportError(f"tf2onnx produced {', '.join(unfused)} nodes instead of fused recurrent nodes")

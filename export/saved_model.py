@@ -13,30 +13,14 @@ import numpy as np
 import tensorflow as tf
 
 from vidistill.export.errors import ExportError
+from vidistill.export.serving import serving_function
 from vidistill.export.tf2onnx_lean import frozen_graph_def, strip_weights
-from vidistill.yt8m.constants import FEATURE_SIZE
 
 from vidistill.export.config import TF_PRECISIONS
 from vidistill.yt8m.errors import ConfigError
 
 
-def _signature(frames: int):
-    return (
-        tf.TensorSpec([None, frames, FEATURE_SIZE], tf.float32, name="frames"),
-        tf.TensorSpec([None], tf.int32, name="num_frames"),
-    )
-
-
 _MIN_BF16_BYTES = 256  # smaller constants (shapes, scalars, biases of tiny layers) stay float32 constants
-
-
-def _serve_function(network, frames: int):
-    @tf.function(input_signature=_signature(frames))
-    def serve(frames, num_frames):
-        outputs = network({"frames": frames, "num_frames": num_frames}, training=False)
-        return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
-
-    return serve
 
 
 def _bf16_module(serve) -> tf.Module:
@@ -77,7 +61,7 @@ def save_saved_model(network, frames: int, path: str, precision: str) -> str:
     """Writes `path` (a directory; built beside it, then renamed)."""
     if precision not in TF_PRECISIONS:
         raise ConfigError(f"unknown TF precision {precision!r}; choose one of {', '.join(TF_PRECISIONS)}")
-    serve = _serve_function(network, frames)
+    serve = serving_function(network, frames)
     if precision == "tf-fp32":
         module = tf.Module()
         module.variables_ = list(network.variables)

@@ -244,3 +244,16 @@ def test_an_export_that_will_not_fit_is_refused_before_it_starts(files, capsys, 
     assert "exporting this 0 MB model needs about 2.0 GB of memory" in line, line
     assert "this machine has 1.5 GB available" in line and "close other programs" in line
     assert not os.path.exists(out)
+
+
+def test_training_that_will_not_fit_is_refused_before_it_starts(files, tmp_path, capsys, monkeypatch):
+    import psutil
+
+    available = psutil.virtual_memory()._replace(available=1_000_000_000)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: available)
+    run = tmp_path / "no-room"
+    assert main(_train(files, "--data", files["data"].train, "--out", str(run), "--steps", "1")) == 2
+    line = _error_line(capsys.readouterr().err, "train")
+    assert "training these models (" in line and "needs about 2.0 GB of memory" in line, line
+    assert "this machine has 1.0 GB available" in line and "--width" in line
+    assert not run.exists()  # refused before the run directory was claimed

@@ -54,6 +54,9 @@ def tiny(command: str) -> str:
         command += " --quick"
     if name == "export":
         command += " --qat-steps 2 --calibration-batches 1 --batch-size 8"
+    if name == "bench-scale":  # the tiny teacher, two precisions, short timings: the orchestration, not the sizes
+        command = re.sub(r"--preset \S+", f"--preset {TINY_TEACHER}", command)
+        command += " --precision fp32,int8-dynamic --videos 8 --heldout 4 --bench-batch 1 --bench-duration 0.2"
     if name == "bench":
         command = (
             re.sub(r"--batch [\d,]+", "--batch 1,2", command) + " --runs 3 --warmup 1 --no-profile --peak-size 128"

@@ -13,7 +13,8 @@ import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is i
 import onnxruntime as ort
 import tensorflow as tf
 
-from vidistill.export import onnx_export, tf2onnx_lean
+from vidistill.export import onnx_export, serving, tf2onnx_lean
+from vidistill.export.serving import serving_function
 from vidistill.export.source import backbone_of
 from vidistill.students.student import build_student, student_config
 from vidistill.teachers.config import HeadConfig, HLSTMConfig, NetVLADConfig, NeXtVLADConfig, RNNConfig
@@ -32,19 +33,6 @@ CONFIGS = {
 }
 
 
-def _serve(network, config):
-    signature = (
-        tf.TensorSpec([None, config.frames, FEATURE_SIZE], tf.float32, name="frames"),
-        tf.TensorSpec([None], tf.int32, name="num_frames"),
-    )
-
-    def serve(frames, num_frames):
-        outputs = network({"frames": frames, "num_frames": num_frames}, training=False)
-        return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
-
-    return tf.function(serve), signature
-
-
 def _run(proto, frames, num_frames):
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"frames": frames, "num_frames": num_frames})
@@ -57,7 +45,7 @@ def test_lean_conversion_matches_tf2onnx(family):
     tf.random.set_seed(0)
     config = CONFIGS[family]
     network = build_model(config)
-    function, signature = _serve(network, config)
+    function, signature = serving_function(network, config.frames), serving.signature(config.frames)
     with onnx_export.unmasked_recurrence(network):
         concrete = function.get_concrete_function(*signature)
         _, stripped = tf2onnx_lean.strip_weights(tf2onnx_lean.frozen_graph_def(concrete))

@@ -1,8 +1,9 @@
 """Benchmark exported models: ONNX files (any precision, model card beside each) on ONNX Runtime providers and TF
 SavedModels (card <dir>.json beside the directory) on TensorFlow. Each variant is first checked against its fp32
 reference (a variant beyond its card's tolerance is reported failed, not timed), then timed per batch size:
-p50/p90/p99, mean±std, videos/s, first-run and session-creation times, peak memory, GFLOP/s against a MatMul peak
-measured in the same run, speed-up over a baseline, and the card's GAP/mAP. Writes DIR/report.md, report.csv,
+p50/p90/p99, mean±std, videos/s, first-run and session-creation times, peak memory, the roofline (GFLOP/s against a
+MatMul peak, bytes moved against the memory bandwidth, both measured in the same run, and which one bounds the
+row), speed-up over a baseline next to the roofline's, and the card's GAP/mAP. Writes DIR/report.md, report.csv,
 report.json, pareto.png and rows.jsonl (rows as they are measured). TensorFlow is imported only for SavedModels."""
 
 from __future__ import annotations
