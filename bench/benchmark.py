@@ -431,7 +431,9 @@ class Benchmark:
             row["pct_peak"] = 100.0 * row["gflops"] / peak.gflops
         if not card.weight_reads_per_video:  # a card from before the bytes were recorded: FLOPs only
             return
-        moved = bytes_moved(card.weight_reads_per_video, card.precision, row["batch"], card.frames, feature_size(card))
+        moved = bytes_moved(
+            card.weight_reads_per_video, card.precision, provider, row["batch"], card.frames, feature_size(card)
+        )
         bandwidth = self._bandwidth(provider)
         roof, bound = roof_seconds(card.flops_per_video * row["batch"], moved, peak.gflops, bandwidth.gbs)
         row["bytes_mb"] = moved / 1e6

@@ -9,8 +9,8 @@ report shows the row against that bound and says which term sets it.
 - Bandwidth: the same session type multiplying one vector by a float32 matrix far larger than the caches
   (GEMV): the rate at which a batch-1 model can stream its weights, in bytes per second.
 - Bytes moved per run: the weights read for one video (card.weight_reads_per_video: a recurrent matrix is read
-  again at every sequential step) times the bytes per weight of the file's precision, plus the batch's input
-  frames. Activations are not counted: a lower bound on the traffic.
+  again at every sequential step) times the bytes per weight of the file's precision on that provider
+  (`BYTES_PER_WEIGHT`), plus the batch's input frames. Activations are not counted: a lower bound on the traffic.
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ class Peak:
 
 
 BANDWIDTH_SHAPE = (4096, 16384)  # 256 MB of float32 weights: beyond any CPU cache
-BYTES_PER_WEIGHT = {"fp16": 2, "bf16": 2, "tf-bf16": 2, "int8-dynamic": 1, "int8-static": 1, "int8-qat": 1}
+# Bytes read per weight: int8 files 1; fp16 / bf16 files 2 on a GPU, but 4 on the CPU, whose kernels compute in
+# float32 (the stored weights are widened once, at load); tf-bf16 casts its bfloat16 variables to float32 at every
+# run (2 read, 4 written, 4 read again); float32 otherwise.
+BYTES_PER_WEIGHT = {"int8-dynamic": 1, "int8-static": 1, "int8-qat": 1, "tf-bf16": 10}
+GPU_BYTES_PER_WEIGHT = {**BYTES_PER_WEIGHT, "fp16": 2, "bf16": 2}
 
 
 @dataclass
@@ -178,9 +182,10 @@ def peak_dtype(precision: str, provider: str) -> str:
     return "int8" if precision.startswith("int8") else "float32"
 
 
-def bytes_moved(weight_reads: int, precision: str, batch: int, frames: int, feature_size: int) -> int:
-    """Bytes one run reads at least: the weights (see the module docstring) and the batch's float32 frames."""
-    return weight_reads * BYTES_PER_WEIGHT.get(precision, 4) + batch * frames * feature_size * 4
+def bytes_moved(weight_reads: int, precision: str, provider: str, batch: int, frames: int, feature_size: int) -> int:
+    """Bytes one run moves at least: the weights (see the module docstring) and the batch's float32 frames."""
+    per_weight = (GPU_BYTES_PER_WEIGHT if provider in GPU_PROVIDERS else BYTES_PER_WEIGHT).get(precision, 4)
+    return weight_reads * per_weight + batch * frames * feature_size * 4
 
 
 def roof_seconds(flops: float, nbytes: float, peak_gflops: float | None, bandwidth_gbs: float | None):
