@@ -186,6 +186,7 @@ class Exporter:
         )
         trim_heap()  # the optimizer's state (two copies of the weights) goes before the conversion needs memory
         proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)
+        trim_heap()
         notes = [
             f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
             f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}"

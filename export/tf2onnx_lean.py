@@ -206,4 +206,7 @@ def function_to_onnx(function, input_signature, *, opset: int) -> onnx.ModelProt
         gc.collect()  # TensorFlow's graphs and tf2onnx's reading of them are cycles holding copies of the weights
         onnx_graph = optimizer.optimize_graph(onnx_graph, catch_errors=False)
         gc.collect()  # the optimizers' replaced nodes
-        return onnx_graph.make_model(f"converted from {concrete.name}")
+        model = onnx_graph.make_model(f"converted from {concrete.name}")
+    del onnx_graph
+    gc.collect()  # tf2onnx's graph (a copy of the weights in its nodes) is a cycle: freed now, not at some later point
+    return model
