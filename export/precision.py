@@ -65,12 +65,23 @@ DATA_MOVEMENT = {
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+_CHUNK = 1 << 22  # elements converted at a time: the temporaries stay small next to a large weight
+
+
 def bf16_bits(values: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even (NaN stays NaN)."""
-    bits = np.ascontiguousarray(values, np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(values)
-    return np.where(nan, np.uint16(0x7FC0), rounded).astype(np.uint16)
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even (NaN stays NaN). Chunk by chunk in
+    uint32 (only a NaN can carry past 32 bits, and NaNs are set apart), so a 1 GB weight needs no 8-byte copies."""
+    flat = np.ascontiguousarray(values, np.float32).reshape(-1)
+    out = np.empty(flat.size, np.uint16)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        bits = chunk.view(np.uint32)
+        rounded = bits + np.uint32(0x7FFF)
+        rounded += (bits >> 16) & np.uint32(1)
+        part = (rounded >> 16).astype(np.uint16)
+        part[np.isnan(chunk)] = 0x7FC0
+        out[start : start + chunk.size] = part
+    return out.reshape(np.shape(values))
 
 
 def bf16_values(bits: np.ndarray) -> np.ndarray:
@@ -79,11 +90,13 @@ def bf16_values(bits: np.ndarray) -> np.ndarray:
 
 
 def _low_initializer(init: onnx.TensorProto, precision: str, name: str) -> onnx.TensorProto:
-    values = numpy_helper.to_array(init).astype(np.float32)
+    values = numpy_helper.to_array(init).astype(np.float32, copy=False)
     if precision == "fp16":
         if np.isfinite(values).all() and np.abs(values).max(initial=0) > 65504:
             raise ExportError(f"initializer {init.name} has values beyond the fp16 range (65504): use bf16")
-        return numpy_helper.from_array(values.astype(np.float16), name)
+        low = values.astype(np.float16)
+        del values
+        return numpy_helper.from_array(low, name)
     tensor = TensorProto(name=name, data_type=TensorProto.BFLOAT16, dims=list(values.shape))
     tensor.raw_data = bf16_bits(values).tobytes()
     return tensor

@@ -223,6 +223,17 @@ def test_bf16_rounding_is_round_to_nearest_even():
     assert precision.bf16_bits(np.array([np.nan], np.float32))[0] == 0x7FC0
 
 
+def test_bf16_bits_chunk_by_chunk_is_the_64_bit_formula(monkeypatch):
+    """Every float32 bit pattern class (random patterns: NaNs, infinities, subnormals, the largest finite values
+    that round to infinity), converted in small chunks, against the plain 64-bit rounding."""
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**32, 50_000, dtype=np.uint64).astype(np.uint32).view(np.float32).reshape(50, 1000)
+    wide = values.view(np.uint32).astype(np.uint64)
+    expected = np.where(np.isnan(values), 0x7FC0, (wide + 0x7FFF + ((wide >> 16) & 1)) >> 16).astype(np.uint16)
+    monkeypatch.setattr(precision, "_CHUNK", 777)  # chunks that do not divide the size
+    np.testing.assert_array_equal(precision.bf16_bits(values), expected)
+
+
 @pytest.mark.parametrize("name", ["fp16", "bf16"])
 def test_low_precision_pass_keeps_float32_io_and_halves_the_weights(name):
     model = build_model(HLSTM)

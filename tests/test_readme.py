@@ -45,7 +45,7 @@ TINY_TEACHER = "tiny-hlstm.yaml"  # written by the test: hlstm-small's shape (30
 def tiny(command: str) -> str:
     """The same command at test size."""
     name = command.split()[1]
-    command = command.replace("--teacher hlstm-small", f"--teacher {TINY_TEACHER}")
+    command = re.sub(r"--teacher hlstm-(small|paper)", f"--teacher {TINY_TEACHER}", command)
     command = re.sub(r"--steps \d+", "--steps 2", command)
     command = re.sub(r"--videos \d+", "--videos 24", command)
     if name in ("train", "finetune"):
