@@ -26,12 +26,13 @@ def trim_heap() -> None:
 
 
 def require_memory(needed: float, what: str, how: str) -> None:
-    """Raises OutOfMemory when `needed` bytes exceed what this machine has available now (free + reclaimable),
-    naming `what` needs it and `how` to get by; a clear error instead of the kernel killing the process minutes
-    later."""
+    """Raises OutOfMemory when this process, which will peak at about `needed` bytes, needs more than it holds now
+    plus what the machine has available (free + reclaimable), naming `what` needs it and `how` to get by: a clear
+    error instead of the kernel killing the process minutes later."""
+    held = psutil.Process().memory_info().rss
     available = psutil.virtual_memory().available
-    if needed > available:
+    if needed - held > available:
         raise OutOfMemory(
-            f"{what} needs about {needed / 1e9:.1f} GB of memory and this machine has {available / 1e9:.1f} GB "
-            f"available: {how}"
+            f"{what} needs about {needed / 1e9:.1f} GB of memory (this process holds {held / 1e9:.1f} GB) and "
+            f"this machine has {available / 1e9:.1f} GB more available: {how}"
         )
