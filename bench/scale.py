@@ -4,9 +4,9 @@ file, and the benchmark of the teacher against the k-frame student's variants.
 
 Each stage is the `vidistill` command a user would type, run in its own child process, so its wall time and peak
 resident memory (the child's own `ru_maxrss`, from `os.wait4`) are clean of the other stages. Each is held to the
-memory budget 2 GB + 8 x the teacher's float32 weight bytes. Rows are written as they finish (OUT/stages.jsonl);
-`scale.md` is the table for docs/BENCHMARKS.md. A stage already done in OUT with the same command is not run
-again (`--overwrite` runs everything).
+memory budget 2 GB + 8 x the teacher's float32 weight bytes. Each stage's row is written when it finishes
+(OUT/stages/<NN-stage>.json, its output in OUT/logs/); `scale.md` is the table for docs/BENCHMARKS.md. A stage
+already done in OUT with the same command is not run again (`--overwrite` runs everything).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,8 +298,6 @@ def run_scale(config: ScaleConfig, echo=print) -> ScaleRun:
 
 
 def _remove(path: str) -> None:
-    import shutil
-
     if os.path.isdir(path):
         shutil.rmtree(path)
     elif os.path.exists(path):

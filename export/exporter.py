@@ -184,7 +184,7 @@ class Exporter:
         losses = qat.qat_finetune(
             model, dataset, steps=self.config.qat_steps, learning_rate=self.config.qat_learning_rate
         )
-        trim_heap()  # the optimizer's state (two copies of the weights) goes before the conversion needs memory
+        trim_heap()  # what the fine-tuning freed (its optimizer, the tape's tensors) goes before the conversion
         proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)
         trim_heap()
         notes = [

@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vidistill.export.errors import ExportError
+from vidistill.export.protos import copy_fields
 from vidistill.yt8m.errors import ConfigError
 
 LOW = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
@@ -102,23 +103,11 @@ def _low_initializer(init: onnx.TensorProto, precision: str, name: str) -> onnx.
     return tensor
 
 
-def _copy_fields(source, target, skip: str) -> None:
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if hasattr(value, "extend"):  # a repeated field
-            getattr(target, field.name).extend(value)
-        elif hasattr(value, "CopyFrom"):  # a message
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
 def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` with everything but the graph's initializers (never a copy of the weights)."""
     copy = onnx.ModelProto()
-    _copy_fields(model, copy, skip="graph")
-    _copy_fields(model.graph, copy.graph, skip="initializer")
+    copy_fields(model, copy, skip="graph")
+    copy_fields(model.graph, copy.graph, skip="initializer")
     return copy
 
 

@@ -30,6 +30,8 @@ import onnx
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, tensor_shape_pb2
 
+from vidistill.export.protos import copy_fields
+
 # A weight of at least this many bytes is kept out of TensorFlow's graphs during conversion. Smaller constants
 # (shapes, biases, normalization vectors) stay: they are a negligible share of the bytes.
 STRIP_BYTES = 64 * 1024
@@ -43,13 +45,7 @@ NOT_FOLDED = frozenset(
 def _fresh_node_proto(node: onnx.NodeProto) -> onnx.NodeProto:
     """A new NodeProto with every field of `node` except its attributes (set again right after)."""
     fresh = onnx.NodeProto()
-    for field, value in node.ListFields():
-        if field.name == "attribute":
-            continue
-        if hasattr(value, "extend"):  # a repeated field
-            getattr(fresh, field.name).extend(value)
-        else:
-            setattr(fresh, field.name, value)
+    copy_fields(node, fresh, skip="attribute")
     return fresh
 
 
