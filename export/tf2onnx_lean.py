@@ -15,7 +15,7 @@ Here, instead:
    epsilon added) stay constants, so the folded graph is the one tf2onnx's rewriters expect;
 3. grappler runs on the small graph;
 4. `restore_weights`: the placeholders become constants again, with empty values, and tf2onnx reads their bytes
-   from the side table (`const_node_values`, its own large-model mechanism), so TensorFlow never holds them.
+   from the side table (`weights_beside_graph`), so TensorFlow never holds them and tf2onnx holds them once.
 The ONNX graph is the same node for node (tests/test_export.py: `test_lean_conversion_matches_tf2onnx`).
 """
 
@@ -168,6 +168,74 @@ def restore_weights(graph_def: graph_pb2.GraphDef, weights: dict[str, bytes]) ->
         node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
 
 
+class _GraphWithoutWeights:
+    """A TF graph whose `get_operations` leaves out the weights' Const nodes (everything else is the graph's)."""
+
+    def __init__(self, graph: tf.Graph, weights):
+        self._graph, self._weights = graph, weights
+
+    def get_operations(self):
+        return [op for op in self._graph.get_operations() if op.name not in self._weights]
+
+    def __getattr__(self, name):
+        return getattr(self._graph, name)
+
+
+@contextlib.contextmanager
+def weights_beside_graph(main_graph: tf.Graph, weights: dict[str, bytes]):
+    """tf2onnx 1.17 reading `main_graph`, whose weights (Const nodes with empty values, see `restore_weights`) have
+    their bytes in `weights`, holding them once. Its own side table (`const_node_values`) held up to five copies
+    of the largest weight at a time, measured on NetVLAD-WILLOW (one 1.2 GB matrix):
+    - `resolve_functions` converts every node of the graph only to list the functions it calls: each weight,
+      empty, became zeros of its full shape and then ONNX bytes; here it gets a tensor without values;
+    - `compute_const_folding_using_tf` loads the value of every constant, weights included, to fold the ops
+      whose inputs are all constant; grappler has already folded what reads a weight except fake quantization,
+      which tf2onnx turns into QuantizeLinear/DequantizeLinear anyway, so the weights are left out of it;
+    - `tflist_to_onnx` wrote each weight's bytes into a TensorFlow TensorProto, copied them into numpy and from
+      numpy into the ONNX tensor; here the ONNX tensor takes the bytes, which leave the side table.
+    The ONNX graph is the same node for node (tests/test_tf2onnx_lean.py)."""
+    import tf2onnx
+    from tf2onnx import tf_loader, tf_utils, tfonnx
+
+    resolve, folding = tfonnx.resolve_functions, tfonnx.compute_const_folding_using_tf
+    tensor = tf_utils.tf_to_onnx_tensor
+    state = {"resolving": False, "main": False}
+
+    def resolve_functions(tf_graph):
+        state["resolving"] = True
+        try:
+            return resolve(tf_graph)
+        finally:
+            state["resolving"] = False
+
+    def compute_const_folding_using_tf(g, const_node_values, graph_outputs):
+        # tfonnx.graphs_from_tf reads each graph with this, then tflist_to_onnx; function bodies are FuncGraphs
+        state["main"] = not tf_loader.is_function(g)
+        return folding(_GraphWithoutWeights(g, weights) if state["main"] else g, const_node_values, graph_outputs)
+
+    def tf_to_onnx_tensor(value, name=""):
+        node = name.rsplit(":", 1)[0]
+        if not (state["resolving"] or state["main"]) or node not in weights or value.tensor_content:
+            return tensor(value, name)
+        onnx_tensor = onnx.TensorProto(
+            name=name, dims=[d.size for d in value.tensor_shape.dim], data_type=tf_utils.map_tf_dtype(value.dtype)
+        )
+        if not state["resolving"]:  # resolve_functions drops the nodes it converts
+            onnx_tensor.raw_data = weights.pop(node)
+        return onnx_tensor
+
+    tfonnx.resolve_functions, tfonnx.compute_const_folding_using_tf = resolve_functions, compute_const_folding_using_tf
+    tf_utils.tf_to_onnx_tensor = tf_to_onnx_tensor
+    try:
+        yield
+    finally:
+        tfonnx.resolve_functions, tfonnx.compute_const_folding_using_tf = resolve, folding
+        tf_utils.tf_to_onnx_tensor = tensor
+    unread = sorted(op.name for op in main_graph.get_operations() if op.name in weights)
+    if unread:  # tf2onnx read the graph some other way: its weights would be zeros
+        raise RuntimeError(f"tf2onnx {tf2onnx.__version__} did not read the weights of {unread[:3]}")
+
+
 def function_to_onnx(function, input_signature, *, opset: int) -> onnx.ModelProto:
     """What tf2onnx.convert.from_function returns (the ONNX model, weights inside), at a fraction of its memory."""
     from tf2onnx import optimizer, tf_loader
@@ -186,7 +254,7 @@ def function_to_onnx(function, input_signature, *, opset: int) -> onnx.ModelProt
             feeds = tf_loader.inputs_without_resource(session, input_names)
             graph_def = tf_loader.tf_optimize(feeds, output_names, graph_def)
         restore_weights(graph_def, weights)
-        with tf.Graph().as_default() as graph:
+        with tf.Graph().as_default() as graph, weights_beside_graph(graph, weights):
             tf.import_graph_def(graph_def, name="")
             del graph_def
             onnx_graph = process_tf_graph(
@@ -195,7 +263,6 @@ def function_to_onnx(function, input_signature, *, opset: int) -> onnx.ModelProt
                 opset=opset,
                 input_names=input_names,
                 output_names=output_names,
-                const_node_values=weights,
                 tensors_to_rename=renames,
             )
         del weights, graph
