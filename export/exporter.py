@@ -137,8 +137,9 @@ class Exporter:
         self.cards: list[ModelCard] = []
 
     # -- the variants ------------------------------------------------------------------------------------------
-    def _onnx_variant(self, name: str) -> tuple[onnx.ModelProto, list[str], object]:
-        """(model, notes, TF reference model or None: the default reference)."""
+    def _onnx_variant(self, name: str) -> tuple[onnx.ModelProto, list[str], list[np.ndarray] | None]:
+        """(model, notes, the TF predictions on the held-out batches it is checked against, or None: the source
+        network's)."""
         if name == "fp32":
             return self.fp32, [], None
         if name in ("fp16", "bf16"):
@@ -186,12 +187,16 @@ class Exporter:
         )
         trim_heap()  # what the fine-tuning freed (its optimizer, the tape's tensors) goes before the conversion
         proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)
+        # its reference predictions now, so the QAT network (a second copy of the weights) is gone before the check
+        # loads the ONNX file
+        references = [model(inputs, training=False)["predictions"].numpy() for inputs in self.held_out.inputs()]
+        del model
         trim_heap()
         notes = [
             f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
             f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}"
         ]
-        return proto, notes, model
+        return proto, notes, references
 
     # -- checking ------------------------------------------------------------------------------------------------
     def _checking_provider(self, name: str) -> str | None:
@@ -229,16 +234,15 @@ class Exporter:
             created=datetime.datetime.now().isoformat(timespec="seconds"),
         )
 
-    def _check(self, card: ModelCard, run, tf_reference) -> None:
-        """Parity against the TF model (or `tf_reference`, a network on the prepared inputs) and accuracy."""
+    def _check(self, card: ModelCard, run, tf_references: list[np.ndarray] | None) -> None:
+        """Parity against the TF model's predictions (or `tf_references`, one array per held-out batch) and
+        accuracy."""
         held_out = self.held_out
         max_abs = max_rel = total = 0.0
         count = 0
         predictions = []
-        for inputs, reference in zip(held_out.inputs(), held_out.reference):
+        for inputs, reference in zip(held_out.inputs(), tf_references or held_out.reference):
             scores = run(inputs)["predictions"].astype(np.float32)
-            if tf_reference is not None:
-                reference = tf_reference(inputs, training=False)["predictions"].numpy()
             error = np.abs(scores - reference)
             max_abs = max(max_abs, float(error.max()))
             max_rel = max(max_rel, float((error / np.maximum(np.abs(reference), 1e-3)).max()))
@@ -309,7 +313,7 @@ class Exporter:
                     card.notes.append("weights frozen and stored as bfloat16, cast to float32 in the graph")
                 shutil.rmtree(final, ignore_errors=True)
             else:
-                model, notes, tf_reference = self._onnx_variant(name)
+                model, notes, tf_references = self._onnx_variant(name)
                 onnx_export.save_model(model, tmp)
                 provider = self._checking_provider(name)
                 if provider is None:
@@ -320,7 +324,7 @@ class Exporter:
                     )
                 else:
                     predictor = Predictor(tmp, card=card, provider=provider)
-                    self._check(card, predictor.run, tf_reference)
+                    self._check(card, predictor.run, tf_references)
                     if provider != "cpu":
                         card.notes.append(f"parity and accuracy checked on the {provider} provider")
                 card.file_bytes = os.path.getsize(tmp)
