@@ -1,4 +1,4 @@
-"""tf2onnx's conversion of a tf.function with its peak memory a few times the weights (about 5x; it was 54x).
+"""tf2onnx's conversion of a tf.function with its peak memory a few times the weights (about 3.5x; it was 54x).
 
 tf2onnx.convert.from_function held many whole copies of the weights at once. Measured stage by stage on the
 paper-size H-LSTM (143 M parameters, 573 MB):
