@@ -36,6 +36,15 @@ def memory_budget(weight_bytes: int) -> float:
     return BUDGET_FIXED + BUDGET_PER_WEIGHT_BYTE * weight_bytes
 
 
+# parallel training holds, for teacher and student alike, the weights, Adam's two slots and the gradients
+TRAINING_FLOOR_PER_WEIGHT_BYTE = 4
+
+
+def training_floor(teacher_parameters: int, student_parameters: int) -> float:
+    """The bytes parallel training holds before TensorFlow itself, the activations and any temporary."""
+    return TRAINING_FLOOR_PER_WEIGHT_BYTE * 4 * (teacher_parameters + student_parameters)
+
+
 @dataclass
 class ScaleConfig:
     preset: str
@@ -344,10 +353,22 @@ def markdown(run: ScaleRun) -> str:
         + (["--width", str(config.width)] if config.width != 1.0 else [])
         + (["--precision", ",".join(config.precisions)] if config.precisions != STUDENT_PRECISIONS else [])
     )
+    floor = training_floor(params["teacher"], params["student"])
+    budget = memory_budget(weights)
+    floor_line = (
+        f"Parallel training holds at least the weights, Adam's two slots and the gradients of both networks: "
+        f"{TRAINING_FLOOR_PER_WEIGHT_BYTE} x {4 * (params['teacher'] + params['student']) / 1e6:.0f} MB = "
+        f"{floor / 1e9:.1f} GB before TensorFlow itself, the activations and any temporary, "
+        + (
+            f"{(budget - floor) / 1e9:.1f} GB under the budget."
+            if floor < budget
+            else f"{(floor - budget) / 1e9:.1f} GB over the budget: it cannot fit it."
+        )
+    )
     return (
         f"### `{config.preset}`: teacher {params['teacher'] / 1e6:.1f} M parameters ({weights / 1e6:.0f} MB float32), "
         f"k={config.k} student (width {config.width:g}) {params['student'] / 1e6:.1f} M\n\n"
         f"`{command}` on {machine}, {first[:10]} (stages finished from {first}). Budget per stage: 2 GB + 8 x "
-        f"{weights / 1e6:.0f} MB = {memory_budget(weights) / 1e9:.1f} GB. Peak RSS: each stage's child process "
-        f"(`ru_maxrss`).\n\n{table}\n\nResult: {verdict.strip()}\n"
+        f"{weights / 1e6:.0f} MB = {budget / 1e9:.1f} GB. Peak RSS: each stage's child process "
+        f"(`ru_maxrss`).\n\n{table}\n\nResult: {verdict.strip()}\n\n{floor_line}\n"
     )

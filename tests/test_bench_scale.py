@@ -39,6 +39,12 @@ def test_a_killed_child_is_named(tmp_path):
     assert scale._note(code, log) == "killed (signal 9): out of memory?"
 
 
+def test_the_training_floor_counts_weights_slots_and_gradients_of_both_networks():
+    # netvlad-willow at full width: 321.5 M parameters each, 10.3 GB, against a budget of 12.3 GB
+    assert scale.training_floor(321_541_000, 321_541_000) == 4 * 4 * 643_082_000
+    assert scale.training_floor(321_541_000, 321_541_000) < scale.memory_budget(4 * 321_541_000)
+
+
 def test_the_budget_is_the_issues():
     assert memory_budget(4 * 143_271_128) / 1e9 == pytest.approx(6.58, abs=0.01)  # hlstm-paper
     assert memory_budget(4 * 88_970_274) / 1e9 == pytest.approx(4.85, abs=0.01)  # nextvlad-paper
@@ -97,6 +103,9 @@ def test_a_run_stops_what_a_failure_blocks_and_a_rerun_keeps_what_was_done(tmp_p
     report = open(os.path.join(config.out, "scale.md")).read()
     assert "over the budget: train (parallel, 1 step)" in report and "failed: convert" in report
     assert "| convert " in report and "**failed**: vidistill convert: error: it broke" in report
+    # 1000 + 900 parameters: 4 x 7,600 bytes = 30.4 kB, against the budget 150 MB + 8 x 4,000 bytes
+    assert "Adam's two slots and the gradients of both networks: 4 x 0 MB = 0.0 GB" in report
+    assert "0.2 GB under the budget." in report
 
     fails.write_text("[]")
     lines.clear()
