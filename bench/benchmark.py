@@ -41,7 +41,8 @@ from vidistill.bench.runners import (
 from vidistill.bench.system import physical_cores, system_info
 from vidistill.bench.timing import PeakRSS, latency_stats, time_once, timed_runs
 from vidistill.export.card import read_card
-from vidistill.export.sessions import PROVIDER_NAMES, ProviderUnavailable
+from vidistill.export.config import FULL_LEVELS
+from vidistill.export.sessions import PROVIDER_NAMES, ProviderUnavailable, cpu_model, int8_saturates
 from vidistill.yt8m.errors import ConfigError
 
 DISPLAY = {"cpu": "CPU", "cuda": "CUDA", "tensorrt": "TensorRT"}
@@ -173,6 +174,7 @@ class Benchmark:
                 f"--pareto-batch {config.pareto_batch} was not benchmarked: the plot uses batch {self.pareto_batch}"
             )
         self.providers = self._available_providers()
+        self._warn_of_int8_saturation()
         self.system = system_info()
         self.peaks: dict[tuple[str, str], object] = {}
         self.bandwidths: dict[str, object] = {}
@@ -180,6 +182,27 @@ class Benchmark:
         self.reference_cache: dict[tuple, list[np.ndarray]] = {}  # (file, batch, T, sets) -> predictions
         self.rows: list[dict] = []
         self.started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    def _warn_of_int8_saturation(self) -> None:
+        """A note (and a line on stderr) when int8 files with full-range weights run on a CPU without VNNI / AMX,
+        where ONNX Runtime's uint8 x int8 products can saturate: their accuracy there is not what their card says."""
+        if "cpu" not in self.providers or not int8_saturates():
+            return
+        full = [
+            m.label
+            for m in self.models
+            if m.card is not None
+            and m.card.precision.startswith("int8")
+            and m.card.int8_weight_levels in (0, FULL_LEVELS)  # 0: a card from before the range was recorded
+        ]
+        if full:
+            note = (
+                f"{', '.join(full)}: int8 weights over the full range (or not recorded) on a CPU without VNNI / AMX "
+                f"({cpu_model()}): ONNX Runtime's int8 products can saturate here, so these files may be less "
+                "accurate than their cards say; re-export them without --full-int8-range (7-bit weights)"
+            )
+            self.notes.append(note)
+            print(f"vidistill bench: warning: {note}", file=sys.stderr)
 
     def _available_providers(self) -> list[str]:
         asked = list(PROVIDER_NAMES) if self.config.providers == ["auto"] else self.config.providers

@@ -9,22 +9,11 @@ import platform
 
 import psutil
 
-from vidistill.export.sessions import gpus
+from vidistill.export.sessions import cpu_model, gpus
 
 
 def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(package: str) -> str | None:

@@ -78,6 +78,11 @@ class ModelCard:
     reference: str | None = None  # the fp32 file this variant is compared with (None for fp32 itself)
     # weights read from memory per video at batch 1 (teachers.registry.model_weight_reads); 0: not recorded
     weight_reads_per_video: int = 0
+    # an int8 file's largest weight integer: 127 (full range), 64 or 63 (7-bit, exact on x86 CPUs without VNNI);
+    # 0: not an int8 file, or a card from before it was recorded
+    int8_weight_levels: int = 0
+    # the machine its parity and accuracy were measured on: {"cpu": model name, "int8_saturates": bool}
+    checked_on: dict = field(default_factory=dict)
     parity: Parity | None = None
     accuracy: Accuracy | None = None
     model_config: dict = field(default_factory=dict)  # the backbone's ModelConfig as a dict

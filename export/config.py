@@ -14,6 +14,23 @@ ONNX_PRECISIONS = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-static", "int8-
 PRECISIONS = ONNX_PRECISIONS + TF_PRECISIONS
 NEEDS_DATA = ("int8-static", "int8-qat")
 
+# The largest integer of an int8 file's weights: the full narrow range, ONNX Runtime quantizer's reduced range
+# ([-64, 64]) and QAT's ([-63, 63]). With x86 uint8 activations a pair of products stays under the 16-bit lanes
+# of VPMADDUBSW (32,767) below 2 x 255 x 64 = 32,640.
+FULL_LEVELS = 127
+ORT_REDUCED_LEVELS = 64
+QAT_REDUCED_LEVELS = 63
+
+
+def int8_weight_levels(precision: str, reduce_range: bool) -> int:
+    """The largest |integer| of the weights of a file of `precision` (0 for a file that is not int8)."""
+    if not precision.startswith("int8"):
+        return 0
+    if not reduce_range:
+        return FULL_LEVELS
+    return QAT_REDUCED_LEVELS if precision == "int8-qat" else ORT_REDUCED_LEVELS
+
+
 # max |p - p_tf| on probabilities, and the largest GAP drop against the TF fp32 model. Measured on the tests'
 # tiny models and the CPU-sized students (docs/BENCHMARKS.md); fp32 is the issue's 1e-4.
 TOLERANCES = {
@@ -42,6 +59,10 @@ class ExportConfig:
     batch_size: int = 32
     qat_steps: int = 50
     qat_learning_rate: float = 1e-4
+    # int8 weights with 7 bits ([-64, 64] for ONNX Runtime's quantizer, [-63, 63] for QAT): exact on every x86 CPU.
+    # Full range ([-127, 127]) only for CPUs with VNNI / AMX and GPUs: without them ONNX Runtime sums pairs of
+    # uint8 x int8 products in 16-bit lanes, which saturate (export/sessions.py: int8_saturates)
+    reduce_range: bool = True
     opset: int = 17  # ONNX opset (tf2onnx)
     random_videos: int = 64  # parity without eval data
     seed: int = 0

@@ -22,11 +22,18 @@ from tqdm import tqdm
 
 from vidistill.export import onnx_export, precision, quantize
 from vidistill.export.card import Accuracy, ModelCard, Parity, card_path, write_card
-from vidistill.export.config import ONNX_PRECISIONS, TF_PRECISIONS, TOLERANCES, ExportConfig
+from vidistill.export.config import (
+    FULL_LEVELS,
+    ONNX_PRECISIONS,
+    TF_PRECISIONS,
+    TOLERANCES,
+    ExportConfig,
+    int8_weight_levels,
+)
 from vidistill.export.errors import ExportError
 from vidistill.export.predictor import Predictor, frames_to_read, prepare_inputs, record_batches
 from vidistill.export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
-from vidistill.export.sessions import available_providers
+from vidistill.export.sessions import available_providers, cpu_model, int8_saturates
 from vidistill.export.source import ExportSource
 from vidistill.teachers.registry import model_flops, model_weight_reads
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
@@ -151,17 +158,28 @@ class Exporter:
             if not verified:
                 notes.append(f"not loaded on {self.config.target} here (no such provider on the exporting machine)")
             return model, notes, None
+        reduce_range = self.config.reduce_range
         if name == "int8-dynamic":
-            return quantize.quantize_dynamic(self.fp32), ["MatMul -> MatMulInteger, LSTM -> DynamicQuantizeLSTM"], None
+            model = quantize.quantize_dynamic(self.fp32, reduce_range=reduce_range)
+            return model, ["MatMul -> MatMulInteger, LSTM -> DynamicQuantizeLSTM", self._weights_note(name)], None
         if name == "int8-static":
-            model, batches = quantize.quantize_static(self.fp32, self._calibration_inputs())
+            model, batches = quantize.quantize_static(self.fp32, self._calibration_inputs(), reduce_range=reduce_range)
             note = (
                 f"QDQ, symmetric int8 on MatMul/Gemm, per-channel weights, percentile calibration on {batches} batches"
             )
-            return model, [note], None
+            return model, [note, self._weights_note(name)], None
         if name == "int8-qat":
             return self._qat()
         raise AssertionError(name)
+
+    def _weights_note(self, name: str) -> str:
+        levels = int8_weight_levels(name, self.config.reduce_range)
+        if levels == FULL_LEVELS:
+            return (
+                "full-range int8 weights [-127, 127]: exact on CPUs with VNNI / AMX and on GPUs; on x86 CPUs "
+                "without them ONNX Runtime's products can saturate (export without --full-int8-range)"
+            )
+        return f"7-bit int8 weights [-{levels}, {levels}]: exact on every x86 CPU, VNNI or not"
 
     def _calibration_inputs(self) -> Iterator[dict[str, np.ndarray]]:
         pattern = self.config.calibration_data
@@ -178,7 +196,8 @@ class Exporter:
     def _qat(self):
         from vidistill.export import qat
 
-        model = qat.quantize_aware(self.source.network)
+        levels = int8_weight_levels("int8-qat", self.config.reduce_range)
+        model = qat.quantize_aware(self.source.network, weight_levels=levels)
         dataset = qat.finetune_dataset(
             self.config.calibration_data, self.source, self.config.batch_size, bad_records=self.bad_records
         )
@@ -194,7 +213,8 @@ class Exporter:
         trim_heap()
         notes = [
             f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
-            f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}"
+            f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}",
+            self._weights_note("int8-qat"),
         ]
         return proto, notes, references
 
@@ -224,6 +244,7 @@ class Exporter:
             parameters=int(s.network.count_params()),
             flops_per_video=int(model_flops(s.config)),
             weight_reads_per_video=int(model_weight_reads(s.config, fused=name not in TF_PRECISIONS)),
+            int8_weight_levels=int8_weight_levels(name, self.config.reduce_range),
             file_bytes=0,
             opset=self.config.opset if name in ONNX_PRECISIONS else 0,
             tolerance=TOLERANCES[name],
@@ -325,6 +346,7 @@ class Exporter:
                 else:
                     predictor = Predictor(tmp, card=card, provider=provider)
                     self._check(card, predictor.run, tf_references)
+                    card.checked_on = {"cpu": cpu_model(), "provider": provider, "int8_saturates": int8_saturates()}
                     if provider != "cpu":
                         card.notes.append(f"parity and accuracy checked on the {provider} provider")
                 card.file_bytes = os.path.getsize(tmp)

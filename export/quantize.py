@@ -29,7 +29,8 @@ def _quiet() -> None:
     logging.getLogger("root").setLevel(logging.ERROR)  # "Please consider to run pre-processing..." and friends
 
 
-def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+def quantize_dynamic(model: onnx.ModelProto, *, reduce_range: bool = True) -> onnx.ModelProto:
+    """MatMul -> MatMulInteger and LSTM -> DynamicQuantizeLSTM with int8 weights (7-bit with `reduce_range`)."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
@@ -37,7 +38,7 @@ def quantize_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         source, target = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(model, source)
-        ort_quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=False)
+        ort_quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=False, reduce_range=reduce_range)
         return onnx.load(target)
 
 
@@ -69,10 +70,10 @@ class _Batches:
 
 
 def quantize_static(
-    model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]]
+    model: onnx.ModelProto, calibration: Iterable[dict[str, np.ndarray]], *, reduce_range: bool = True
 ) -> tuple[onnx.ModelProto, int]:
-    """QDQ int8 with symmetric activations and weights; `calibration` yields {"frames", "num_frames"} batches.
-    Returns (model, calibration batches read)."""
+    """QDQ int8 with symmetric activations and weights (7-bit weights with `reduce_range`); `calibration`
+    yields {"frames", "num_frames"} batches. Returns (model, calibration batches read)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -92,6 +93,7 @@ def quantize_static(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
+                reduce_range=reduce_range,
                 op_types_to_quantize=["MatMul", "Gemm"],
                 calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.999},

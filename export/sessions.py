@@ -9,6 +9,7 @@ running (or timing) the wrong thing.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 
@@ -47,6 +48,45 @@ def gpus() -> list[dict]:
         if len(parts) == 3:
             found.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
     return found
+
+
+# x86 flags of an int8 dot product that accumulates in 32 bits (VPDPBUSD, AMX): without one, ONNX Runtime's CPU
+# kernels multiply uint8 by int8 with VPMADDUBSW, whose pairs of products saturate in 16-bit lanes when both
+# operands are large, unless the weights have a reduced range (export's default: 7-bit weights)
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo's first "flags" line; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_saturates(flags: set[str] | None = None, machine: str | None = None) -> bool:
+    """True on an x86 CPU without VNNI or AMX (`flags`: this CPU's), where full-range int8 weights can saturate
+    ONNX Runtime's integer products; False elsewhere (other architectures widen their products)."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return not any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS)
 
 
 def gpu_present() -> bool:

@@ -439,3 +439,29 @@ def test_pareto_plot_names_every_point_in_a_legend(tmp_path):
     ]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_pareto([], str(path), batch=1) == []
+
+
+def test_full_range_int8_files_on_a_cpu_without_vnni_get_a_warning(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from vidistill.bench import benchmark
+
+    def model(label, precision, levels):
+        return SimpleNamespace(label=label, card=SimpleNamespace(precision=precision, int8_weight_levels=levels))
+
+    bench = benchmark.Benchmark.__new__(benchmark.Benchmark)
+    bench.providers, bench.notes = ["cpu"], []
+    bench.models = [
+        model("s/int8-dynamic", "int8-dynamic", 64),  # 7-bit: exact everywhere
+        model("full/int8-static", "int8-static", 127),
+        model("old/int8-qat", "int8-qat", 0),  # a card from before the range was recorded
+        model("s/fp32", "fp32", 0),
+    ]
+    monkeypatch.setattr(benchmark, "int8_saturates", lambda: True)
+    bench._warn_of_int8_saturation()
+    assert len(bench.notes) == 1 and bench.notes[0].startswith("full/int8-static, old/int8-qat: int8 weights over")
+    assert "re-export them without --full-int8-range" in capsys.readouterr().err
+    monkeypatch.setattr(benchmark, "int8_saturates", lambda: False)  # VNNI: nothing to say
+    bench.notes = []
+    bench._warn_of_int8_saturation()
+    assert bench.notes == []

@@ -305,6 +305,38 @@ def test_int8_variants_have_the_expected_operators(hlstm_export):
     assert {"QuantizeLinear", "DequantizeLinear", "LSTM"} <= qat  # Dense quantized, the LSTMs stay float
 
 
+def _int8_weights(path) -> np.ndarray:
+    """Every int8 initializer of an ONNX file (the quantized weights; zero points are 0), as one array."""
+    values = [
+        onnx.numpy_helper.to_array(i).ravel()
+        for i in onnx.load(str(path)).graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    ]
+    return np.concatenate(values)
+
+
+def test_int8_weights_have_7_bits_unless_the_full_range_is_asked(hlstm_export, hlstm_student, tmp_path):
+    """On x86 CPUs without VNNI ONNX Runtime sums pairs of uint8 x int8 products in 16-bit lanes: weights within
+    [-64, 64] keep every pair under 32767 (2 x 255 x 64 = 32640), full-range ones do not (the QAT weights' grid
+    [-63, 63] is checked in test_qat)."""
+    cards = _cards(hlstm_export)
+    for name, levels in (("int8-dynamic", 64), ("int8-static", 64), ("int8-qat", 63)):
+        assert cards[name].int8_weight_levels == levels
+        assert f"7-bit int8 weights [-{levels}, {levels}]: exact on every x86 CPU, VNNI or not" in cards[name].notes
+    for name in ("int8-dynamic", "int8-static"):
+        weights = _int8_weights(hlstm_export / f"{name}.onnx")
+        assert np.abs(weights.astype(np.int32)).max() == 64, name  # DynamicQuantizeLSTM's W and R included
+    assert cards["fp32"].int8_weight_levels == 0 and cards["tf-fp32"].int8_weight_levels == 0
+    checked = cards["int8-dynamic"].checked_on
+    assert checked["cpu"] and checked["provider"] == "cpu" and isinstance(checked["int8_saturates"], bool)
+
+    out = tmp_path / "full"
+    assert main(["export", hlstm_student, "--out", str(out), "--precision", "int8-dynamic", "--full-int8-range"]) == 0
+    full = read_card(str(out / "int8-dynamic.json"))
+    assert full.int8_weight_levels == 127 and any(n.startswith("full-range int8 weights") for n in full.notes)
+    assert np.abs(_int8_weights(out / "int8-dynamic.onnx").astype(np.int32)).max() == 127
+
+
 # ------------------------------------------------------------------------------------------------ Predictor
 def test_predictor_runs_raw_videos_like_the_tf_student(hlstm_export, hlstm_student):
     from vidistill.students.convert import load_student
@@ -449,7 +481,7 @@ def test_past_tolerance_exits_nonzero_and_failed_export_leaves_no_file(
     card = read_card(str(out / "int8-dynamic.json"))
     assert card.parity.max_abs <= 1.0 and card.parity.passed is False  # failed on the GAP drop alone
 
-    def broken(model):
+    def broken(model, **options):
         raise RuntimeError("quantizer crashed")
 
     monkeypatch.setattr(quantize, "quantize_dynamic", broken)

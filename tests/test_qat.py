@@ -226,6 +226,15 @@ def test_symmetric_quantizers_use_int8_grids_with_zero_at_zero():
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
     assert np.abs(steps).max() <= 127 + 1e-3 and np.isclose(np.abs(steps).max(axis=0), 127, atol=1e-3).all()
 
+    # 7-bit weights (the export's default): the op is given max |w| x 127 / 63, so its grid is [-63, 63]
+    reduced = SymmetricQuantizer("w7", per_axis=True, narrow_range=True, ema_decay=None, levels=63)
+    variables = reduced.build(weight.shape, "ignored", layer)
+    steps = reduced(weight, True, variables).numpy() / (np.abs(weight.numpy()).max(axis=0) / 63.0)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert np.isclose(np.abs(steps).max(axis=0), 63, atol=1e-3).all()
+    with pytest.raises(ValueError, match="levels=63"):
+        SymmetricQuantizer("x", levels=63)  # an activation keeps the full range
+
     activation = SymmetricQuantizer("x")
     variables = activation.build(None, "ignored", layer)
     x = tf.constant([[-3.0, -1.0, 0.0, 0.01, 2.0]])
@@ -250,11 +259,12 @@ def test_finetune_runs_and_lowers_the_loss(family, records):
     assert is_calibrated(qat)
     inference = float(cross_entropy(family["labels"], qat(family["inputs"], training=False)["predictions"]))
     assert np.isfinite(inference) and inference < np.mean(losses[:3])
-    # after fine-tuning every kernel's range is max |w| of the trained weights (refreshed after the last update)
+    # after fine-tuning every kernel's range is max |w| of the trained weights (refreshed after the last update),
+    # given to the Q/DQ op as max |w| x 127 / 63 (7-bit weights: max |w| is the integer 63)
     for wrapper in [layer for layer in qat.layers if hasattr(layer, "quantize_config")]:
         for quantizer in wrapper.quantize_config._weights:
             np.testing.assert_allclose(
-                quantizer.vars["max"].numpy(), np.abs(quantizer.weight.numpy()).max(axis=0), rtol=1e-6
+                quantizer.vars["max"].numpy() * 63 / 127, np.abs(quantizer.weight.numpy()).max(axis=0), rtol=1e-6
             )
     with pytest.raises(ValueError, match="labels"):
         qat_finetune(qat, [family["inputs"]], steps=1)
@@ -325,3 +335,14 @@ def test_onnx_export_has_symmetric_qdq_and_matches_tf(family):
     print(f"{family['name']}: max |p_ORT - p_TF| = {error:.2e}, representation {rep_error:.2e}")
     assert error < ORT_BOUND
     assert rep_error < ORT_REPRESENTATION_BOUND * np.abs(tf_out["representation"]).max()
+
+    # 7-bit weights: every kernel's integers lie in [-63, 63], so a pair of uint8 x int8 products stays under the
+    # 16-bit lanes of CPUs without VNNI (2 x 255 x 63 < 32767); with the full range this model was off by 0.017
+    # there (NetVLAD, an emulated AVX2 CPU)
+    weights = [n for n in dequantize if n.input[0] in initializers]  # QAT stores the float kernel: Q/DQ on it
+    quantized_weights = [n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in initializers]
+    assert len(quantized_weights) == quantized and not weights
+    for node in quantized_weights:
+        kernel = numpy_helper.to_array(initializers[node.input[0]])
+        scale = numpy_helper.to_array(initializers[node.input[1]])
+        assert np.abs(np.round(kernel / scale)).max() == 63, node.name

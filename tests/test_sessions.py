@@ -63,3 +63,14 @@ def test_session_options():
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
     assert session_options(None).intra_op_num_threads == 0  # ONNX Runtime's default
     assert session_options(1, profile_prefix="/tmp/p").enable_profiling
+
+
+def test_int8_saturates_on_x86_without_vnni_or_amx():
+    from vidistill.export.sessions import int8_saturates
+
+    avx2 = {"sse4_2", "avx", "avx2", "fma"}
+    assert int8_saturates(avx2, "x86_64")  # VPMADDUBSW: pairs of products in 16-bit lanes
+    assert not int8_saturates(avx2 | {"avx512f", "avx512_vnni"}, "x86_64")
+    assert not int8_saturates(avx2 | {"avx_vnni"}, "x86_64")  # VNNI without AVX-512 (Alder Lake and later)
+    assert not int8_saturates(avx2 | {"amx_int8"}, "x86_64")
+    assert not int8_saturates(set(), "aarch64")  # ARM widens its int8 products

@@ -9,7 +9,12 @@ kernels) and which has a straight-through gradient. Ranges: weights use the last
 channel, refreshed at every training step and at the end of `qat_finetune`); activations are calibrated with
 `calibrate` (max |x| over the calibration batches) and then follow an exponential moving average of the batch
 max |x| during training. Activations use the full int8 range [-128, 127] (exactly what ONNX QuantizeLinear
-saturates to, so TF and ONNX Runtime agree), weights the narrow [-127, 127].
+saturates to, so TF and ONNX Runtime agree), weights the narrow [-127, 127], or [-63, 63] with `levels=63`
+(`REDUCED_LEVELS`, the default of the export): on x86 CPUs without VNNI (AVX2), ONNX Runtime multiplies uint8
+activations by int8 weights with VPMADDUBSW, which sums pairs of products into 16-bit lanes that saturate when
+both are large (2 x 255 x 127 > 32767); with 7-bit weights a pair stays below it (2 x 255 x 63 = 32130). The
+range given to the Q/DQ op is then max |w| x 127 / 63, so the op's [-127, 127] grid is the weights' [-63, 63]
+and tf2onnx's scale (range / 127) is max |w| / 63.
 
 Keras has no pre-call hook, so the Dense sublayers of a quantized layer are switched to `InputQuantizedDense` (a
 Dense subclass that applies an input quantizer first; same weights and tracking).
@@ -29,9 +34,12 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow.python.ops import gen_array_ops  # QuantizeAndDequantizeV3: per-axis, range given
 
+from vidistill.export.config import FULL_LEVELS, QAT_REDUCED_LEVELS
+
 QK = tfmot.quantization.keras
 
 _MIN_RANGE = 1e-8  # a range is never 0 once set (a 0 scale would make tf2onnx refuse the Q/DQ pair)
+REDUCED_LEVELS = QAT_REDUCED_LEVELS  # 7-bit weights, exact on CPUs without VNNI (see above)
 
 # read at trace time by the quantizers: observe ranges (max) and pass activations through
 _CALIBRATING: contextvars.ContextVar[bool] = contextvars.ContextVar("vidistill_qat_calibrating", default=False)
@@ -53,6 +61,7 @@ class SymmetricQuantizer(QK.quantizers.Quantizer):
     `per_axis`: one range per slice of the last axis (a Dense kernel's output channels), else one per tensor.
     `ema_decay` None: the range is the last value of max |x| (weights); otherwise (activations) it is an
     exponential moving average of the batch max |x| during training, and the running max during `calibrate`.
+    `levels` (weights, with `narrow_range`): max |x| maps to this integer, 127 or `REDUCED_LEVELS`.
     The range lives in two non-trainable variables, `<name>_min` = -range and `<name>_max` = range, created on the
     layer that owns the quantizer; `name` is given here (unique within the layer), not by the caller of `build`.
     """
@@ -64,8 +73,12 @@ class SymmetricQuantizer(QK.quantizers.Quantizer):
         per_axis: bool = False,
         narrow_range: bool = False,
         ema_decay: float | None = 0.99,
+        levels: int = FULL_LEVELS,
     ):
+        if not 1 <= levels <= FULL_LEVELS or (levels != FULL_LEVELS and not (narrow_range and ema_decay is None)):
+            raise ValueError(f"levels={levels}: 1-127, and below 127 only for a weight (narrow range, no EMA)")
         self.name, self.per_axis, self.narrow_range, self.ema_decay = name, per_axis, narrow_range, ema_decay
+        self.levels = levels
         self.weight = None  # the variable a weight quantizer quantizes (set by SublayerQuantizeConfig)
         self.vars = None
 
@@ -80,10 +93,13 @@ class SymmetricQuantizer(QK.quantizers.Quantizer):
         return self.vars
 
     def _observed(self, x):
+        """max |x| (per channel), stretched by 127 / `levels`: the range the Q/DQ op is given."""
         x = tf.abs(tf.cast(x, tf.float32))
         if self.per_axis:
-            return tf.reduce_max(tf.reshape(x, [-1, tf.shape(x)[-1]]), axis=0)
-        return tf.reduce_max(x)
+            observed = tf.reduce_max(tf.reshape(x, [-1, tf.shape(x)[-1]]), axis=0)
+        else:
+            observed = tf.reduce_max(x)
+        return observed if self.levels == FULL_LEVELS else observed * (FULL_LEVELS / self.levels)
 
     def _quantize(self, x, low, high):
         value = tf.cast(x, tf.float32)
@@ -140,6 +156,7 @@ class SymmetricQuantizer(QK.quantizers.Quantizer):
             "per_axis": self.per_axis,
             "narrow_range": self.narrow_range,
             "ema_decay": self.ema_decay,
+            "levels": self.levels,
         }
 
     def __eq__(self, other):

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from vidistill.export.qat.quantizers import InputQuantizedDense, SymmetricQuantizer
+from vidistill.export.qat.quantizers import REDUCED_LEVELS, InputQuantizedDense, SymmetricQuantizer
 from vidistill.yt8m.errors import ConfigError
 
 QK = tfmot.quantization.keras
@@ -63,11 +63,13 @@ class SublayerQuantizeConfig(QK.QuantizeConfig):
     (`per_channel`, else per tensor) and its input per tensor, int8 symmetric. No output quantizer: the outputs of
     the quantized matmuls stay float (the next quantized matmul quantizes its own input)."""
 
-    def __init__(self, paths, per_channel: bool = True):
+    def __init__(self, paths, per_channel: bool = True, weight_levels: int = REDUCED_LEVELS):
         self.paths = [str(p) for p in paths]
-        self.per_channel = per_channel
+        self.per_channel, self.weight_levels = per_channel, weight_levels
         self._weights = [
-            SymmetricQuantizer(f"{_slug(p)}kernel", per_axis=per_channel, narrow_range=True, ema_decay=None)
+            SymmetricQuantizer(
+                f"{_slug(p)}kernel", per_axis=per_channel, narrow_range=True, ema_decay=None, levels=weight_levels
+            )
             for p in self.paths
         ]
         self._inputs = [SymmetricQuantizer(f"{_slug(p)}input") for p in self.paths]
@@ -102,7 +104,7 @@ class SublayerQuantizeConfig(QK.QuantizeConfig):
         return []
 
     def get_config(self):
-        return {"paths": list(self.paths), "per_channel": self.per_channel}
+        return {"paths": list(self.paths), "per_channel": self.per_channel, "weight_levels": self.weight_levels}
 
     def __eq__(self, other):
         return isinstance(other, SublayerQuantizeConfig) and self.get_config() == other.get_config()
@@ -120,14 +122,14 @@ def _slug(path: str) -> str:
 class _Registry(QK.QuantizeRegistry):
     """Which layers this package quantizes: a layer with Dense sublayers (or a Dense) and no recurrent layer."""
 
-    def __init__(self, per_channel: bool = True):
-        self.per_channel = per_channel
+    def __init__(self, per_channel: bool = True, weight_levels: int = REDUCED_LEVELS):
+        self.per_channel, self.weight_levels = per_channel, weight_levels
 
     def supports(self, layer) -> bool:
         return not _has_recurrent(layer) and bool(_dense_paths(layer))
 
     def get_quantize_config(self, layer) -> SublayerQuantizeConfig:
-        return SublayerQuantizeConfig(_dense_paths(layer), self.per_channel)
+        return SublayerQuantizeConfig(_dense_paths(layer), self.per_channel, self.weight_levels)
 
 
 class _KeepLayout(QK.QuantizeLayoutTransform):
@@ -139,14 +141,14 @@ class _KeepLayout(QK.QuantizeLayoutTransform):
 
 
 class _Scheme(QK.QuantizeScheme):
-    def __init__(self, per_channel: bool = True):
-        self.per_channel = per_channel
+    def __init__(self, per_channel: bool = True, weight_levels: int = REDUCED_LEVELS):
+        self.per_channel, self.weight_levels = per_channel, weight_levels
 
     def get_layout_transformer(self):
         return _KeepLayout()
 
     def get_quantize_registry(self):
-        return _Registry(self.per_channel)
+        return _Registry(self.per_channel, self.weight_levels)
 
 
 # ------------------------------------------------------------------------------------------------ the QAT model
@@ -166,6 +168,7 @@ def quantize_aware(
     *,
     calibration_steps: int | None = 8,
     per_channel: bool = True,
+    weight_levels: int = REDUCED_LEVELS,
 ) -> keras.Model:
     """A QAT copy of `backbone` (same inputs and output dict, float weights copied); see the package docstring.
 
@@ -173,6 +176,8 @@ def quantize_aware(
     the activation ranges with (at most `calibration_steps` of them; None: all). Without it the model must be
     calibrated (`calibrate`) or fine-tuned before it is used for inference or exported.
     `per_channel`: kernels quantized per output channel (True) or per tensor.
+    `weight_levels`: the kernels' int8 grid [-levels, levels]: `REDUCED_LEVELS` (63, exact on every x86 CPU) or
+    127 (for CPUs with VNNI, and GPUs); see `quantizers`.
     """
     if not isinstance(backbone, keras.Model) or not getattr(backbone, "_is_graph_network", False):
         raise ConfigError("quantize_aware needs a functional tf_keras Model (the student's backbone)")
@@ -182,7 +187,7 @@ def quantize_aware(
             f"quantize_aware: {backbone.name!r} holds the model(s) {nested}; pass the backbone itself "
             "(a student's is student.get_layer('<name>_backbone'); frame selection stays outside the QAT model)"
         )
-    registry = _Registry(per_channel)
+    registry = _Registry(per_channel, weight_levels)
     custom = quantize_custom_objects(backbone)
 
     def annotate(layer):
@@ -203,7 +208,7 @@ def quantize_aware(
         ):
             model = annotated  # nothing tfmot can quantize (quantize_apply would refuse): all float
         else:
-            model = QK.quantize_apply(annotated, scheme=_Scheme(per_channel))
+            model = QK.quantize_apply(annotated, scheme=_Scheme(per_channel, weight_levels))
     _refresh(model)
     if calibration is not None:
         from vidistill.export.qat.training import calibrate  # training.py imports this module

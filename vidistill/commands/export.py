@@ -39,6 +39,12 @@ def add_arguments(parser) -> None:
         default="cpu",
         help="provider the fp16/bf16 files are made for (its kernels decide what stays float32)",
     )
+    parser.add_argument(
+        "--full-int8-range",
+        action="store_true",
+        help="int8 weights over [-127, 127] instead of 7 bits: only for CPUs with VNNI / AMX and GPUs (on other x86 "
+        "CPUs ONNX Runtime's int8 products can saturate)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     add_skip_bad_records(parser)
 
@@ -60,6 +66,7 @@ def run(args) -> int:
         calibration_batches=args.calibration_batches,
         batch_size=args.batch_size,
         qat_steps=args.qat_steps,
+        reduce_range=not args.full_int8_range,
     )
     source = export_source(args.model, args.which)
     bad_records = bad_records_for(args)
