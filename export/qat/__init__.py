@@ -38,14 +38,12 @@ if os.environ.get("TF_USE_LEGACY_KERAS", "1").lower() not in ("1", "true"):  # v
     )
 
 from vidistill.export.qat.data import finetune_dataset
-from vidistill.export.qat.quantizers import FULL_LEVELS, REDUCED_LEVELS, InputQuantizedDense, SymmetricQuantizer
+from vidistill.export.qat.quantizers import InputQuantizedDense, SymmetricQuantizer
 from vidistill.export.qat.report import QuantizationReport, quantization_report
 from vidistill.export.qat.scheme import SublayerQuantizeConfig, quantize_aware, quantize_custom_objects
 from vidistill.export.qat.training import calibrate, is_calibrated, qat_finetune, refresh_weight_ranges
 
 __all__ = [
-    "FULL_LEVELS",
-    "REDUCED_LEVELS",
     "InputQuantizedDense",
     "QuantizationReport",
     "SublayerQuantizeConfig",

@@ -10,7 +10,7 @@ channel, refreshed at every training step and at the end of `qat_finetune`); act
 `calibrate` (max |x| over the calibration batches) and then follow an exponential moving average of the batch
 max |x| during training. Activations use the full int8 range [-128, 127] (exactly what ONNX QuantizeLinear
 saturates to, so TF and ONNX Runtime agree), weights the narrow [-127, 127], or [-63, 63] with `levels=63`
-(`REDUCED_LEVELS`, the default of the export): on x86 CPUs without VNNI (AVX2), ONNX Runtime multiplies uint8
+(`QAT_REDUCED_LEVELS`, the default of the export): on x86 CPUs without VNNI (AVX2), ONNX Runtime multiplies uint8
 activations by int8 weights with VPMADDUBSW, which sums pairs of products into 16-bit lanes that saturate when
 both are large (2 x 255 x 127 > 32767); with 7-bit weights a pair stays below it (2 x 255 x 63 = 32130). The
 range given to the Q/DQ op is then max |w| x 127 / 63, so the op's [-127, 127] grid is the weights' [-63, 63]
@@ -34,12 +34,11 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow.python.ops import gen_array_ops  # QuantizeAndDequantizeV3: per-axis, range given
 
-from vidistill.export.config import FULL_LEVELS, QAT_REDUCED_LEVELS
+from vidistill.export.config import FULL_LEVELS
 
 QK = tfmot.quantization.keras
 
 _MIN_RANGE = 1e-8  # a range is never 0 once set (a 0 scale would make tf2onnx refuse the Q/DQ pair)
-REDUCED_LEVELS = QAT_REDUCED_LEVELS  # 7-bit weights, exact on CPUs without VNNI (see above)
 
 # read at trace time by the quantizers: observe ranges (max) and pass activations through
 _CALIBRATING: contextvars.ContextVar[bool] = contextvars.ContextVar("vidistill_qat_calibrating", default=False)
@@ -61,7 +60,7 @@ class SymmetricQuantizer(QK.quantizers.Quantizer):
     `per_axis`: one range per slice of the last axis (a Dense kernel's output channels), else one per tensor.
     `ema_decay` None: the range is the last value of max |x| (weights); otherwise (activations) it is an
     exponential moving average of the batch max |x| during training, and the running max during `calibrate`.
-    `levels` (weights, with `narrow_range`): max |x| maps to this integer, 127 or `REDUCED_LEVELS`.
+    `levels` (weights, with `narrow_range`): max |x| maps to this integer, 127 or `QAT_REDUCED_LEVELS`.
     The range lives in two non-trainable variables, `<name>_min` = -range and `<name>_max` = range, created on the
     layer that owns the quantizer; `name` is given here (unique within the layer), not by the caller of `build`.
     """

@@ -12,7 +12,8 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from vidistill.export.qat.quantizers import REDUCED_LEVELS, InputQuantizedDense, SymmetricQuantizer
+from vidistill.export.config import QAT_REDUCED_LEVELS
+from vidistill.export.qat.quantizers import InputQuantizedDense, SymmetricQuantizer
 from vidistill.yt8m.errors import ConfigError
 
 QK = tfmot.quantization.keras
@@ -63,7 +64,7 @@ class SublayerQuantizeConfig(QK.QuantizeConfig):
     (`per_channel`, else per tensor) and its input per tensor, int8 symmetric. No output quantizer: the outputs of
     the quantized matmuls stay float (the next quantized matmul quantizes its own input)."""
 
-    def __init__(self, paths, per_channel: bool = True, weight_levels: int = REDUCED_LEVELS):
+    def __init__(self, paths, per_channel: bool = True, weight_levels: int = QAT_REDUCED_LEVELS):
         self.paths = [str(p) for p in paths]
         self.per_channel, self.weight_levels = per_channel, weight_levels
         self._weights = [
@@ -122,7 +123,7 @@ def _slug(path: str) -> str:
 class _Registry(QK.QuantizeRegistry):
     """Which layers this package quantizes: a layer with Dense sublayers (or a Dense) and no recurrent layer."""
 
-    def __init__(self, per_channel: bool = True, weight_levels: int = REDUCED_LEVELS):
+    def __init__(self, per_channel: bool = True, weight_levels: int = QAT_REDUCED_LEVELS):
         self.per_channel, self.weight_levels = per_channel, weight_levels
 
     def supports(self, layer) -> bool:
@@ -141,7 +142,7 @@ class _KeepLayout(QK.QuantizeLayoutTransform):
 
 
 class _Scheme(QK.QuantizeScheme):
-    def __init__(self, per_channel: bool = True, weight_levels: int = REDUCED_LEVELS):
+    def __init__(self, per_channel: bool = True, weight_levels: int = QAT_REDUCED_LEVELS):
         self.per_channel, self.weight_levels = per_channel, weight_levels
 
     def get_layout_transformer(self):
@@ -168,7 +169,7 @@ def quantize_aware(
     *,
     calibration_steps: int | None = 8,
     per_channel: bool = True,
-    weight_levels: int = REDUCED_LEVELS,
+    weight_levels: int = QAT_REDUCED_LEVELS,
 ) -> keras.Model:
     """A QAT copy of `backbone` (same inputs and output dict, float weights copied); see the package docstring.
 
@@ -176,7 +177,7 @@ def quantize_aware(
     the activation ranges with (at most `calibration_steps` of them; None: all). Without it the model must be
     calibrated (`calibrate`) or fine-tuned before it is used for inference or exported.
     `per_channel`: kernels quantized per output channel (True) or per tensor.
-    `weight_levels`: the kernels' int8 grid [-levels, levels]: `REDUCED_LEVELS` (63, exact on every x86 CPU) or
+    `weight_levels`: the kernels' int8 grid [-levels, levels]: `QAT_REDUCED_LEVELS` (63, exact on every x86 CPU) or
     127 (for CPUs with VNNI, and GPUs); see `quantizers`.
     """
     if not isinstance(backbone, keras.Model) or not getattr(backbone, "_is_graph_network", False):
