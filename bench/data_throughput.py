@@ -11,7 +11,6 @@ untimed pass):
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -85,8 +84,6 @@ def reader_stages(pattern: str, *, batch_size: int = 64, max_frames: int = 300, 
 
 
 def machine() -> str:
-    model = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores, TensorFlow {tf.__version__}"
+    from vidistill.export.sessions import cpu_model  # (onnxruntime, imported only here: the reader never needs it)
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}"
