@@ -40,9 +40,10 @@ def memory_budget(weight_bytes: int) -> float:
 TRAINING_FLOOR_PER_WEIGHT_BYTE = 4
 
 
-def training_floor(teacher_parameters: int, student_parameters: int) -> float:
-    """The bytes parallel training holds before TensorFlow itself, the activations and any temporary."""
-    return TRAINING_FLOOR_PER_WEIGHT_BYTE * 4 * (teacher_parameters + student_parameters)
+def training_floor(weight_bytes: int) -> float:
+    """The bytes parallel training holds, for teacher and student float32 weights of `weight_bytes` together,
+    before TensorFlow itself, the activations and any temporary."""
+    return TRAINING_FLOOR_PER_WEIGHT_BYTE * weight_bytes
 
 
 @dataclass
@@ -353,11 +354,11 @@ def markdown(run: ScaleRun) -> str:
         + (["--width", str(config.width)] if config.width != 1.0 else [])
         + (["--precision", ",".join(config.precisions)] if config.precisions != STUDENT_PRECISIONS else [])
     )
-    floor = training_floor(params["teacher"], params["student"])
-    budget = memory_budget(weights)
+    pair = 4 * (params["teacher"] + params["student"])
+    floor, budget = training_floor(pair), memory_budget(weights)
     floor_line = (
         f"Parallel training holds at least the weights, Adam's two slots and the gradients of both networks: "
-        f"{TRAINING_FLOOR_PER_WEIGHT_BYTE} x {4 * (params['teacher'] + params['student']) / 1e6:.0f} MB = "
+        f"{TRAINING_FLOOR_PER_WEIGHT_BYTE} x {pair / 1e6:.0f} MB = "
         f"{floor / 1e9:.1f} GB before TensorFlow itself, the activations and any temporary, "
         + (
             f"{(budget - floor) / 1e9:.1f} GB under the budget."

@@ -81,7 +81,7 @@ class ModelCard:
     # an int8 file's largest weight integer: 127 (full range), 64 or 63 (7-bit, exact on x86 CPUs without VNNI);
     # 0: not an int8 file, or a card from before it was recorded
     int8_weight_levels: int = 0
-    # the machine its parity and accuracy were measured on: {"cpu": model name, "int8_saturates": bool}
+    # the machine its parity and accuracy were measured on: {"cpu": model name, "provider", "int8_saturates": bool}
     checked_on: dict = field(default_factory=dict)
     parity: Parity | None = None
     accuracy: Accuracy | None = None

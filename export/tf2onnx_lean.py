@@ -16,7 +16,7 @@ Here, instead:
 3. grappler runs on the small graph;
 4. `restore_weights`: the placeholders become constants again, with empty values, and tf2onnx reads their bytes
    from the side table (`weights_beside_graph`), so TensorFlow never holds them and tf2onnx holds them once.
-The ONNX graph is the same node for node (tests/test_export.py: `test_lean_conversion_matches_tf2onnx`).
+The ONNX graph is the same node for node (tests/test_tf2onnx_lean.py: `test_lean_conversion_matches_tf2onnx`).
 """
 
 from __future__ import annotations
