@@ -455,14 +455,18 @@ METHOD = [
 ]
 
 
-def write_report(out_dir: str, rows: list[dict], meta: dict) -> list[dict]:
-    """Writes report.md, report.csv, report.json and pareto.png; returns the rows with their speed-ups."""
+def write_report(out_dir: str, rows: list[dict], meta: dict, *, plot: bool = True) -> list[dict]:
+    """Writes report.md, report.csv, report.json and (with `plot`) pareto.png; returns the rows with their
+    speed-ups."""
     rows = add_speedups(rows, meta["baseline"])
     write_csv(rows, os.path.join(out_dir, "report.csv"))
     with atomic_write(os.path.join(out_dir, "report.json")) as f:
         json.dump({**meta, "rows": rows}, f, indent=2)
         f.write("\n")
-    plot_pareto(pareto_points(rows, meta["pareto_batch"]), os.path.join(out_dir, "pareto.png"), meta["pareto_batch"])
+    if plot:
+        plot_pareto(
+            pareto_points(rows, meta["pareto_batch"]), os.path.join(out_dir, "pareto.png"), meta["pareto_batch"]
+        )
     with atomic_write(os.path.join(out_dir, "report.md")) as f:
         f.write(_markdown(rows, meta))
     return rows

@@ -9,17 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from vidistill.distill.losses import cross_entropy
+from vidistill.teachers.inference import predictions_of
 from vidistill.yt8m.metrics import VideoMetrics
 from vidistill.yt8m.errors import ConfigError
 from vidistill.yt8m.readers import BadRecords, data_errors, read_frame_dataset
-
-
-def _predictor(model):
-    @tf.function(reduce_retracing=True)
-    def predict(frames, num_frames):
-        return model({"frames": frames, "num_frames": num_frames}, training=False)["predictions"]
-
-    return lambda batch: predict(batch["frames"], batch["num_frames"])
 
 
 def _records(pattern: str, num_classes: int, max_frames: int, batch_size: int, bad_records, **options):
@@ -47,13 +40,12 @@ def predictions(
 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
     """(ids, predictions [B, C], labels [B, C]) batch by batch, in file order (`bad_records`: skip and count
     bad records instead of stopping at the first)."""
-    predict = _predictor(model)
     ds = _records(pattern, num_classes, max_frames, batch_size, bad_records)
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
     with data_errors():
         for batch in ds:
-            scores = predict(batch).numpy()
+            scores = predictions_of(model, batch["frames"], batch["num_frames"]).numpy()
             yield [v.decode() for v in batch["id"].numpy()], scores, batch["labels"].numpy()
 
 
@@ -99,13 +91,12 @@ def rated_segment_predictions(
 ):
     """(segment ids "vid:start", predictions [S, C], labels [S, C], label_weights [S, C]) of the rated segments of
     2019-style records: each segment's 5 frames go through the model as a short video."""
-    predict = _predictor(model)
     ds = _records(pattern, num_classes, max_frames, batch_size, bad_records, segment_labels=True)
     ids, scores, labels, weights = [], [], [], []
     with data_errors():
         for batch in ds:
             frames, counts = _fit_frames(batch["frames"], batch["num_frames"], max_frames)
-            scores.append(predict({"frames": frames, "num_frames": counts}).numpy())
+            scores.append(predictions_of(model, frames, counts).numpy())
             ids += [f"{v.decode()}:{s}" for v, s in zip(batch["id"].numpy(), batch["segment_start"].numpy())]
             labels.append(batch["labels"].numpy())
             weights.append(batch["label_weights"].numpy())
@@ -137,7 +128,6 @@ def all_segment_predictions(
     official segment inference cuts them (the last partial chunk zero-padded)."""
     from vidistill.yt8m.constants import SEGMENT_FRAMES
 
-    predict = _predictor(model)
     ds = _records(pattern, num_classes, max_frames, batch_size, bad_records)
     chunks = -(-max_frames // SEGMENT_FRAMES)
     ids, scores = [], []
@@ -149,7 +139,7 @@ def all_segment_predictions(
             real = np.clip(batch["num_frames"].numpy()[:, None] - starts[None, :], 0, SEGMENT_FRAMES).reshape(-1)
             keep = np.flatnonzero(real > 0)
             segment_frames, counts = _fit_frames(tf.gather(frames, keep), tf.constant(real[keep], tf.int32), max_frames)
-            scores.append(predict({"frames": segment_frames, "num_frames": counts}).numpy())
+            scores.append(predictions_of(model, segment_frames, counts).numpy())
             videos = [v.decode() for v in batch["id"].numpy()]
             ids += [f"{videos[i // chunks]}:{starts[i % chunks]}" for i in keep]
     return ids, np.concatenate(scores)

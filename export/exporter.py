@@ -35,6 +35,7 @@ from vidistill.export.predictor import Predictor, frames_to_read, prepare_inputs
 from vidistill.export.saved_model import SavedModelRunner, directory_bytes, save_saved_model
 from vidistill.export.sessions import available_providers, cpu_model, int8_saturates
 from vidistill.export.source import ExportSource
+from vidistill.teachers.inference import predictions_of
 from vidistill.teachers.registry import model_flops, model_weight_reads
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 from vidistill.yt8m.memory import require_memory, trim_heap
@@ -65,15 +66,9 @@ class HeldOut:
         self.reference: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self._cached: list[dict[str, np.ndarray]] | None = []
-        model = source.full_model
-
-        @tf.function(reduce_retracing=True)
-        def predict(frames, num_frames):
-            return model({"frames": frames, "num_frames": num_frames}, training=False)["predictions"]
-
         cached_bytes = 0
         for frames, num_frames, labels in self._videos():
-            self.reference.append(predict(tf.constant(frames), tf.constant(num_frames)).numpy())
+            self.reference.append(predictions_of(source.full_model, frames, num_frames).numpy())
             self.labels.append(labels)
             if self._cached is not None:
                 inputs = prepare_inputs(source, frames, num_frames)

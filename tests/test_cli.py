@@ -451,6 +451,13 @@ def test_tensorflow_start_up_chatter_is_filtered_and_ours_is_not():
         "             b'STDERR\\n')\n"
         "    os.write(2, b'I0000 00:00:1795678297.406065    1755 port.cc:153] oneDNN custom operations are on.\\n')\n"
         "    os.write(2, b'E0000 00:00:1795678242.153616    1049 cuda_platform.cc:52] failed call to cuInit: x\\n')\n"
+        "    os.write(2, b'E0000 00:00:1795709607.562158    4658 util.cc:131] oneDNN supports DT_BOOL only '\n"
+        "             b'on platforms with AVX-512. Falling back to the default Eigen-based implementation '\n"
+        "             b'if present.\\n')\n"
+        "    os.write(2, b\"W0000 00:00:1795709436.562727    4011 graph_constructor.cc:846] Node 'cond/while' \"\n"
+        '             b"has 13 outputs but the _output_shapes attribute specifies shapes for 42 outputs. "\n'
+        '             b"Output shapes may be inaccurate.\\n")\n'
+        "    os.write(2, b'E0000 00:00:1795709607.562158    4658 util.cc:131] another error, kept\\n')\n"
         "    sys.stderr.write('\\rtrain: 100%|##########| 10/10\\n')\n"
         "    print('vidistill train: error: our own line', file=sys.stderr)\n"
         "    print('Warning: a real one', file=sys.stderr)\n"
@@ -459,13 +466,15 @@ def test_tensorflow_start_up_chatter_is_filtered_and_ours_is_not():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.decode() == (
-        "\rtrain:  10%|#         | 1/10\rtrain: 100%|##########| 10/10\n"
+        "\rtrain:  10%|#         | 1/10E0000 00:00:1795709607.562158    4658 util.cc:131] another error, kept\n"
+        "\rtrain: 100%|##########| 10/10\n"
         "vidistill train: error: our own line\nWarning: a real one\nafter\n"
     )
     shown = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, timeout=120, env=dict(os.environ, VIDISTILL_TF_LOGS="1")
     )
     assert b"absl::InitializeLog" in shown.stderr and b"failed call to cuInit" in shown.stderr
+    assert b"DT_BOOL" in shown.stderr and b"Output shapes may be inaccurate" in shown.stderr
 
 
 def test_bench_data_times_every_reader_stage(tmp_path, capsys):

@@ -133,3 +133,20 @@ def test_the_best_checkpoint_follows_the_best_held_out_gap(synth_data, tiny_teac
     assert [(m["step"], m["gap"]) for m in lines] == [(2, 0.1), (4, 0.3), (6, 0.2)]
     best = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints" / "best"))
     assert best.endswith("ckpt-4"), best  # replaced at step 4 (0.3 > 0.1), kept at step 6 (0.2 < 0.3)
+
+
+def test_keras_dispatch_timing_warning_is_dropped_during_fit_only(caplog):
+    """Keras compares a step's dispatch with the batch-end hooks that wait for its results, and warns of slow
+    callbacks at every small model's run: dropped while a run trains; every other warning passes."""
+    import logging
+
+    from vidistill.distill.trainer import _without_dispatch_timing_warning
+
+    slow = "Callback method `on_train_batch_end` is slow compared to the batch time (batch time: 0.01s vs ...)."
+    logger = tf.get_logger()
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        with _without_dispatch_timing_warning():
+            logger.warning(slow)
+            logger.warning("another warning")
+        logger.warning(slow)
+    assert [r.getMessage() for r in caplog.records] == ["another warning", slow]

@@ -3,9 +3,12 @@
 TensorFlow's C++ side logs before absl is initialized (`WARNING: All log messages before absl::InitializeLog()
 ...`, `I0000 ... port.cc] oneDNN custom operations are on`, `Could not find cuda drivers`, and on a machine without
 a GPU `E0000 ... failed call to cuInit`), straight to file descriptor 2, once per process (synth workers
-included), whatever TF_CPP_MIN_LOG_LEVEL says. `quiet_tensorflow()` points descriptor 2 at a pipe and forwards
-everything but those lines: our messages, progress bars (partial lines go through at once), warnings and
-tracebacks pass untouched. VIDISTILL_TF_LOGS=1 turns the filter off.
+included), whatever TF_CPP_MIN_LOG_LEVEL says. Two more of its lines say nothing a user can act on: oneDNN's
+"supports DT_BOOL only on platforms with AVX-512" (an error-level line, printed on AVX-512 machines too, before
+falling back to Eigen), and the "Output shapes may be inaccurate" warning for every while loop of a loaded
+SavedModel (TensorFlow's own loop metadata, recomputed at load). `quiet_tensorflow()` points descriptor 2 at a
+pipe and forwards everything but those lines: our messages, progress bars (partial lines go through at once),
+warnings and tracebacks pass untouched. VIDISTILL_TF_LOGS=1 turns the filter off.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ NOISE = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|I\d{4} [\d:. ]+\s+\d+ \S+:\d+\] "
     rb"|[EW]\d{4} [\d:. ]+\s+\d+ cuda_(?:platform|executor|diagnostics)\.cc:\d+\] (?:failed call to cuInit|.*CUDA)"
+    rb"|E\d{4} [\d:. ]+\s+\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only on platforms with AVX-512\."
+    rb"|W\d{4} [\d:. ]+\s+\d+ graph_constructor\.cc:\d+\] Node '[^']*' has \d+ outputs but the _output_shapes "
+    rb"attribute specifies shapes for \d+ outputs\. Output shapes may be inaccurate\."
     rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
     rb"|This TensorFlow binary is optimized to use available CPU instructions"
 )
