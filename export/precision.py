@@ -1,7 +1,8 @@
 """fp16 and bf16 variants of an fp32 ONNX model: one graph pass for both.
 
-Every node whose op type is not blocked computes in the low precision; Casts are inserted where a tensor crosses
-between a low-precision node and a float32 one; the graph's inputs and outputs stay float32 (ONNX Runtime's `run`
+Every node whose op type is not blocked computes in the low precision, but an op that only moves data (DATA_MOVEMENT)
+follows its input: it runs low only when that input already is. Casts are inserted where a tensor crosses between
+a low-precision node and a float32 one; the graph's inputs and outputs stay float32 (ONNX Runtime's `run`
 takes no bf16 numpy arrays). Every float initializer is stored in the low precision (half the bytes: the 2018
 4th-place trick), with a Cast back to float32 for blocked consumers (ONNX Runtime folds it once, at load).
 Nodes with subgraphs are never converted.
@@ -146,22 +147,24 @@ def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -
     initializers = {init.name: init for init in source.graph.initializer}
 
     def converts(node) -> bool:
+        """Whether `node` computes in the low precision; decided in graph order, so `types` already says which of
+        its inputs are low. An op that only moves data follows its data: it runs low only when a float input
+        already is (a Reshape between two float32 ops made low would cost two Casts and round its values, and a
+        Cast from integers to bf16 is exact only up to 256)."""
         if node.op_type in blocked or any(
             a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
         ):
             return False
+        if node.op_type in DATA_MOVEMENT and not any(types.get(t) == low for t in node.input if t):
+            return False
         return any(is_float(t) for t in [*node.input, *node.output] if t)
 
-    converted = [converts(node) for node in graph.node]
-    consumers: dict[str, list[bool]] = {}
-    for node, conv in zip(graph.node, converted):
-        for name in node.input:
-            consumers.setdefault(name, []).append(conv)
+    consumers = {name for node in graph.node for name in node.input}
 
     # Every float initializer is stored low; blocked consumers get it through a Cast (added below, on first use).
     low_name: dict[str, str] = {}  # float32 tensor -> its low-precision twin
     for name, init in initializers.items():
-        if init.data_type == TensorProto.FLOAT and name in consumers:
+        if init.data_type == TensorProto.FLOAT and name in consumers:  # stored low whoever reads it
             graph.initializer.append(_low_initializer(init, precision, name))
             low_name[name] = name
             types[name] = low
@@ -175,7 +178,8 @@ def lower_precision(model: onnx.ModelProto, precision: str, blocked: set[str]) -
         nodes.append(helper.make_node("Cast", [source], [target], to=to, name=f"{target}_cast"))
         return target
 
-    for node, conv in zip(graph.node, converted):
+    for node in graph.node:
+        conv = converts(node)
         for i, name in enumerate(node.input):
             if not name:
                 continue
