@@ -29,6 +29,7 @@ class DataConfig:
     shuffle_buffer: int = 256  # videos (a full-length video is 1.4 MB of float32 frames)
     eval_videos: int = 0  # held-out videos per periodic evaluation (0 = all)
     skip_bad_records: bool = False  # skip (print and count) bad records instead of stopping at the first
+    deterministic: bool = False  # the same batches in the same order on every run (reproducible; a slower reader)
 
 
 @dataclass

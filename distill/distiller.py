@@ -97,7 +97,16 @@ class Distiller(keras.Model):
             )
         self.optimizer.apply_gradients((g, v) for g, v in zip(gradients, variables) if g is not None)
         self.head_policy.after_step()  # e.g. the student holds the teacher's updated head (checkpoints, evaluation)
-        return logs
+        return _replica_share(logs, replicas)
 
     def test_step(self, batch):
-        return self.compute_losses(batch, training=False)
+        return _replica_share(
+            self.compute_losses(batch, training=False), tf.distribute.get_strategy().num_replicas_in_sync
+        )
+
+
+def _replica_share(logs: dict, replicas: int) -> dict:
+    """Each replica's logs divided by the number of replicas: Keras sums what a step returns over the replicas
+    (tf_keras `reduce_per_replica`, "auto" = "sum" but on TPUs), so the logged losses are the means of the global
+    batch, as on one device (they were `replicas` times that: two workers logged twice the loss)."""
+    return logs if replicas == 1 else {name: value / replicas for name, value in logs.items()}

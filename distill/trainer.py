@@ -147,6 +147,7 @@ def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -
         num_epochs=None,
         drop_remainder=True,
         seed=config.seed,
+        deterministic=config.data.deterministic,
         bad_records=bad_records,
     ).with_options(options)
 

@@ -1,5 +1,6 @@
 """Scale-out: two workers (two processes on localhost, MultiWorkerMirroredStrategy through TF_CONFIG) train one
-run and finish with identical weights; MirroredStrategy over two devices trains like one device."""
+run like one process does (the same losses step by step, the same weights) and finish with identical weights;
+MirroredStrategy over two devices trains like one device."""
 
 from __future__ import annotations
 
@@ -34,25 +35,22 @@ CONFIG = """train:
             lower_layers: 1, upper_layers: 1}
   student: {model: {family: hlstm, num_classes: 4, frames: 6, chunks: 2, lower_cells: 8, upper_cells: 8,
             lower_layers: 1, upper_layers: 1}, policy: uniform}
-  data: {train: "%s", max_frames: 30, batch_size: 8}
+  data: {train: "%s", max_frames: 30, batch_size: 8, deterministic: true}
   steps: 6
   checkpoint_every: 3
   eval_every: 0
 """
 
 
-@pytest.mark.slow
-def test_two_workers_finish_with_identical_weights(tmp_path, synth_data):
-    data = Path(synth_data(videos=32, heldout=6, shards=2).root)
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG % (data / "train-*.tfrecord"))
-    run_dir = tmp_path / "run"
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+def _train(config: Path, run_dir: Path, workers: int) -> None:
+    """`vidistill train` of `config` into `run_dir` by `workers` processes (a TF_CONFIG cluster on localhost when
+    there are several)."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(workers)]}
     processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    for index in range(workers):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        if workers > 1:
+            env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "vidistill.cli", "train", "--config", str(config), "--out", str(run_dir)],
@@ -65,18 +63,54 @@ def test_two_workers_finish_with_identical_weights(tmp_path, synth_data):
     outputs = [p.communicate(timeout=240)[0] for p in processes]
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]
-        assert "2 replica(s) in sync" in out, out[-3000:]  # MultiWorkerMirroredStrategy (CollectiveAllReduce)
+        assert f"{workers} replica(s) in sync" in out, out[-3000:]  # several: MultiWorkerMirroredStrategy
 
-    chief = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
-    worker = tf.train.latest_checkpoint(str(run_dir / "workers" / "1" / "checkpoints"))
-    assert chief.endswith("ckpt-6") and worker.endswith("ckpt-6")
-    chief_reader, worker_reader = tf.train.load_checkpoint(chief), tf.train.load_checkpoint(worker)
-    names = [n for n in chief_reader.get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n]
+
+def _logged_losses(run_dir: Path) -> dict[int, float]:
+    """{step: the total loss TensorBoard logged at that step} (the run logs every step here)."""
+    (events,) = (run_dir / "logs" / "train").glob("events.out.tfevents.*")
+    losses = {}
+    for record in tf.data.TFRecordDataset(str(events)):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        for value in event.summary.value:
+            if value.tag == "batch_loss":
+                losses[event.step] = float(tf.make_ndarray(value.tensor))
+    return losses
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_one_process(tmp_path, synth_data):
+    """The same run (deterministic reader) trained by one process and by two workers: each worker takes half of
+    every global batch, and the gradients are averaged over the workers, so both see the same losses step by step
+    and end with the same weights, up to the order of float sums. Before, the workers logged twice the loss."""
+    data = Path(synth_data(videos=32, heldout=6, shards=2).root)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG % (data / "train-*.tfrecord"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(config, one, workers=1)
+    _train(config, two, workers=2)
+
+    one_losses, two_losses = _logged_losses(one), _logged_losses(two)
+    assert sorted(one_losses) == list(range(1, 7)) and sorted(two_losses) == list(range(1, 7))
+    for step, loss in one_losses.items():
+        assert two_losses[step] == pytest.approx(loss, rel=1e-5), (step, one_losses, two_losses)
+
+    readers = {
+        name: tf.train.load_checkpoint(tf.train.latest_checkpoint(str(path)))
+        for name, path in (
+            ("one", one / "checkpoints"),
+            ("chief", two / "checkpoints"),
+            ("worker", two / "workers" / "1" / "checkpoints"),
+        )
+    }
+    names = [n for n in readers["one"].get_variable_to_shape_map() if "/.ATTRIBUTES/VARIABLE_VALUE" in n]
     weights = [n for n in names if ("teacher" in n or "student" in n) and "OPTIMIZER_SLOT" not in n]
-    assert len(weights) > 10
+    assert len(weights) > 10 and readers["chief"].get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE") > 0
     for name in names:
-        np.testing.assert_array_equal(chief_reader.get_tensor(name), worker_reader.get_tensor(name), err_msg=name)
-    assert os.path.exists(run_dir / "config.yaml") and not os.path.exists(run_dir / "workers" / "1" / "config.yaml")
+        chief = readers["chief"].get_tensor(name)
+        np.testing.assert_array_equal(chief, readers["worker"].get_tensor(name), err_msg=name)  # in sync
+        np.testing.assert_allclose(chief, readers["one"].get_tensor(name), atol=1e-5, rtol=0, err_msg=name)
+    assert os.path.exists(two / "config.yaml") and not os.path.exists(two / "workers" / "1" / "config.yaml")
 
 
 MIRRORED = r"""
