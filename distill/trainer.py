@@ -24,6 +24,7 @@ import tf_keras as keras
 
 from vidistill.distill.config import TrainConfig, load_train_config, save_train_config
 from vidistill.distill.distiller import Distiller
+from vidistill.distill.optimizer import FusedAdam
 from vidistill.students.convert import load_student_weights
 from vidistill.students.student import RepresentationProjection, build_student
 from vidistill.teachers.registry import build_model
@@ -130,7 +131,7 @@ def latest_checkpoint(run_dir: str, *, prefer_best: bool = True) -> str:
 def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     o = config.optimizer
     schedule = keras.optimizers.schedules.ExponentialDecay(o.learning_rate, o.decay_steps, o.decay_rate)
-    return keras.optimizers.Adam(schedule, clipnorm=o.clip_norm)  # clipnorm: each gradient separately
+    return FusedAdam(schedule, clipnorm=o.clip_norm)  # clipnorm: each gradient separately
 
 
 def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -> tf.data.Dataset:
