@@ -121,3 +121,22 @@ def tiny_teacher():
         lower_layers=1,
         upper_layers=1,
     )
+
+
+def child_result(code: str, *args: str, timeout: int = 600) -> dict:
+    """Runs `code` in a fresh Python process (no GPU), with `args` as its sys.argv[1:], and returns the JSON it
+    printed on its last line starting with "RESULT " (failing with the process's output when there is none)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-3000:]
+    return json.loads(lines[-1][len("RESULT ") :])

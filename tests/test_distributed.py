@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import child_result
 
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
@@ -183,16 +184,7 @@ def test_mirrored_strategy_on_two_devices_trains_like_one_device(tmp_path, synth
     """MirroredStrategy (the multi-GPU path) on two logical CPU devices: each replica gets half the batch and the
     gradients are summed, so the loss must be scaled by 1 / replicas. Plain SGD shows a wrong scale at once (Adam
     would hide it); a whole Run under the strategy trains its steps and scores like the one-device Run."""
-    done = subprocess.run(
-        [sys.executable, "-c", MIRRORED, synth_data(videos=24).train, str(tmp_path / "runs")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-3000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = child_result(MIRRORED, synth_data(videos=24).train, str(tmp_path / "runs"), timeout=300)
     assert result["replicas"] == 2
     for name in ("all", "rep"):
         assert result[f"sgd_{name}_moved"] > 0.01

@@ -10,12 +10,10 @@ fixes it rose by about twice the weights.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import child_result
 
 CHILD = r"""
 import json, sys
@@ -52,16 +50,7 @@ print("RESULT " + json.dumps({
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="resetting the peak needs Linux's /proc")
 def test_a_parallel_training_step_rises_by_the_gradients_only(tmp_path, synth_data):
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, synth_data().train, str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, (done.stdout + done.stderr)[-3000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = child_result(CHILD, synth_data().train, str(tmp_path / "run"))
     assert result["largest"] > 0.4 * result["weights"] / 2  # the hidden layer dominates each network
     print(f"step peak rise {result['rise'] / 1e6:.0f} MB, weights {result['weights'] / 1e6:.0f} MB")
     assert result["rise"] < result["weights"] + result["largest"], result
