@@ -37,7 +37,9 @@ TOLERANCES = {
     "fp32": Tolerance(max_abs=1e-4, gap_drop=0.001),
     "fp16": Tolerance(max_abs=1e-2, gap_drop=0.003),
     "bf16": Tolerance(max_abs=5e-2, gap_drop=0.01),
-    "int8-dynamic": Tolerance(max_abs=0.1, gap_drop=0.01),
+    # activations quantized per batch, errors compounding over the recurrent steps: trained H-LSTM students measured
+    # 0.080-0.086 (docs/BENCHMARKS.md, "Export numerics on trained students"); an input-ignoring file misses by ~1
+    "int8-dynamic": Tolerance(max_abs=0.15, gap_drop=0.01),
     "int8-static": Tolerance(max_abs=0.15, gap_drop=0.015),
     # parity against the QAT TF model (same weights); the fine-tuning moves it away from the fp32 file (bench)
     "int8-qat": Tolerance(max_abs=0.03, gap_drop=0.015, vs_reference=0.25),
