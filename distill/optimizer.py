@@ -1,10 +1,10 @@
 """The trainer's optimizer: Keras' Adam, updated in place by TensorFlow's fused kernel.
 
 Keras' Adam updates each variable with a chain of element-wise ops, and its `clipnorm` squares the gradient into a
-copy to take its norm: about three transient copies of the largest variable during a step. For NetVLAD-WILLOW's
-1.2 GB hidden layer that put parallel training 3 GB above its floor (the weights, Adam's two slots and the
-gradients). Here the update is `ResourceApplyAdam` on the same slot variables (the same arithmetic, written into m, v
-and the variable), and the norm is `l2_loss` (a reduction, no copy), so a step needs the floor and little more
+copy to take its norm: about two transient copies of the variable being updated. One step of a 1.2 GB Dense layer
+(NetVLAD-WILLOW's hidden layer) peaked 2.3 GB above its floor (the weights, Adam's two slots and the gradients).
+Here the update is `ResourceApplyAdam` on the same slot variables (the same arithmetic, written into m, v and the
+variable), and the norm is `l2_loss` (a reduction, no copy), so a step needs the floor and little more
 (docs/BENCHMARKS.md, "Paper scale"). The variables, and so the checkpoints, are Keras' Adam's.
 """
 
@@ -24,8 +24,11 @@ class FusedAdam(keras.optimizers.Adam):
             return super()._clip_gradients(grads)
         clipped = []
         for g in grads:
-            if g is None or isinstance(g, tf.IndexedSlices):
-                clipped.append(g if g is None else tf.clip_by_norm(g, self.clipnorm))
+            if g is None:
+                clipped.append(None)
+                continue
+            if isinstance(g, tf.IndexedSlices):
+                clipped.append(tf.clip_by_norm(g, self.clipnorm))
                 continue
             norm = tf.sqrt(2.0 * tf.nn.l2_loss(g))
             clipped.append(g * tf.minimum(tf.constant(1.0, g.dtype), tf.cast(self.clipnorm, g.dtype) / norm))
