@@ -12,8 +12,14 @@ import pytest
 import vidistill  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
-from vidistill.yt8m.errors import DataError
-from vidistill.yt8m.quantize import dequantize, quantize
+from vidistill.yt8m.errors import ConfigError, DataError
+from vidistill.yt8m.quantize import (
+    _dequantize_op,
+    _dequantize_op_is_exact,
+    dequantize,
+    dequantize_frames,
+    quantize,
+)
 from vidistill.yt8m.readers import (
     BadRecords,
     detect_format,
@@ -125,6 +131,76 @@ def test_frame_round_trip_within_one_quantization_step(tmp_path):
         # exactly the official dequantization of the official quantization
         np.testing.assert_array_equal(data["frames"][row, :n], dequantize(quantize(original)))
     assert not data["frames"][0, 7:].any()  # padding rows are exactly 0.0
+
+
+def test_batches_carry_uint8_codes_and_dequantize_bit_for_bit_once_per_batch(tmp_path):
+    """Every code 0..255, both dequantization paths (TensorFlow's one-pass op where exact, else the arithmetic),
+    bit for bit the official formula; rows past num_frames +0.0; `dequantize=False` hands out the codes."""
+    codes = np.arange(256, dtype=np.uint8).reshape(1, 2, 128).repeat(9, axis=2)[:, :, :1152]
+    official = dequantize(codes)
+    assert _dequantize_op_is_exact()  # (documented: TensorFlow's kernel runs no fused multiply-add)
+    for values in (_dequantize_op(tf.constant(codes)), dequantize(tf.constant(codes))):
+        assert np.array_equal(values.numpy().view(np.uint32), official.view(np.uint32))
+    padded = dequantize_frames(tf.constant(np.concatenate([codes, codes], 1)), tf.constant([3])).numpy()
+    assert np.array_equal(padded[0, :2].view(np.uint32), official[0].view(np.uint32))
+    assert np.array_equal(padded[0, 2:3].view(np.uint32), official[0, :1].view(np.uint32))
+    assert not padded[0, 3:].view(np.uint32).any()  # +0.0, not -0.0 and not dequantize(0)
+
+    rng = np.random.default_rng(3)
+    path = str(tmp_path / "f.tfrecord")
+    write_frame_records(path, [_random_video(rng, f"v{i}", n) for i, n in enumerate([4, 300, 17, 340, 1])])
+    floats = _all(read_frame_dataset(path, num_classes=2, batch_size=2, deterministic=True))
+    raw = _all(read_frame_dataset(path, num_classes=2, batch_size=2, deterministic=True, dequantize=False))
+    assert raw["frames"].dtype == np.uint8 and raw["frames"].shape == (5, 300, 1152)
+    assert not raw["frames"][0, 4:].any()  # padding: code 0
+    again = dequantize_frames(tf.constant(raw["frames"]), tf.constant(raw["num_frames"])).numpy()
+    assert np.array_equal(again.view(np.uint32), floats["frames"].view(np.uint32))
+
+
+@pytest.mark.parametrize("policy", ["uniform", "random", "first", "middle", "last", "fml"])
+def test_decoding_only_the_selected_frames_gives_the_students_frames_bit_for_bit(tmp_path, policy):
+    """`select` decodes the k frames a student's selector would take; the selector then passes them unchanged."""
+    from vidistill.students.selection import select_frames
+    from vidistill.students.student import StudentConfig
+    from vidistill.teachers.config import config_from_dict
+
+    k = 7
+    student = StudentConfig(config_from_dict({"family": "netvlad", "frames": k, "num_classes": 2}), policy, seed=5)
+    rng = np.random.default_rng(4)
+    path = str(tmp_path / "f.tfrecord")
+    write_frame_records(path, [_random_video(rng, f"v{i}", n) for i, n in enumerate([3, 7, 8, 100, 300, 333])])
+    whole = _all(read_frame_dataset(path, num_classes=2, batch_size=4, deterministic=True))
+    chosen = _all(
+        read_frame_dataset(path, num_classes=2, batch_size=4, deterministic=True, select=student.frames_to_decode())
+    )
+    expected, counts = select_frames(whole["frames"], whole["num_frames"], k, policy, seed=5)
+    assert chosen["frames"].shape == (6, k, 1152) and chosen["num_frames"].tolist() == [3, 7, 7, 7, 7, 7]
+    assert np.array_equal(chosen["num_frames"], counts.numpy())
+    assert np.array_equal(chosen["frames"].view(np.uint32), expected.numpy().view(np.uint32))
+    again, same_counts = select_frames(chosen["frames"], chosen["num_frames"], k, policy, seed=5)
+    assert np.array_equal(again.numpy().view(np.uint32), chosen["frames"].view(np.uint32))
+    assert np.array_equal(same_counts.numpy(), chosen["num_frames"])
+    if policy == "random":
+        assert student.frames_to_decode(training=True) is None  # training draws afresh: whole videos
+        assert chosen["frames"].any()
+
+
+def test_selected_reading_still_names_and_skips_bad_records(tmp_path):
+    from vidistill.students.selection import selection_indices
+
+    def select(num_frames):
+        return selection_indices(num_frames, 4, "uniform")
+
+    path = str(tmp_path / "bad.tfrecord")
+    good = _sequence_example(vid=b"good")
+    write_records(path, [good, _sequence_example(n=0), _sequence_example(audio_rows=[bytes(128)] * 2), good])
+    _raises_data_error(read_frame_dataset(path, num_classes=4, select=select), "record 1 of", "has no 'rgb' frames")
+    skipped = BadRecords()
+    data = _all(read_frame_dataset(path, num_classes=4, select=select, bad_records=skipped))
+    assert data["id"].tolist() == [b"good", b"good"] and skipped.count == 2
+    assert data["frames"].shape == (2, 4, 1152) and data["num_frames"].tolist() == [3, 3]
+    with pytest.raises(ConfigError, match="segment_labels"):
+        read_frame_dataset(path, num_classes=4, select=select, segment_labels=True)
 
 
 def test_max_frames_and_deterministic_shuffle(tmp_path):

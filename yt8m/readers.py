@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE, SEGMENT_FRAMES
 from vidistill.yt8m.errors import ConfigError, DataError
-from vidistill.yt8m.quantize import dequantize
+from vidistill.yt8m.quantize import dequantize_frames
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
 _MESSAGE_TAG = "yt8m-data-error"
@@ -243,7 +243,17 @@ def _frame_byte_checks(frames, size: int, name: str):
     )
 
 
-def _parse_frame_record(path, index, record, *, num_classes, max_frames, segments, bad_records):
+def _decode(frames, rows, decodable, size: int):
+    """uint8 codes [len(rows), size] of the frames at `rows` (all < decodable), or of the first `decodable`."""
+    if rows is None:
+        return tf.io.decode_raw(frames[:decodable], tf.uint8, fixed_length=size)
+    taken = tf.cond(
+        decodable > 0, lambda: tf.gather(frames, rows), lambda: tf.fill(tf.shape(rows), tf.constant(b""))
+    )  # (a record with no frames is invalid: it is dropped or raised on, but still runs up to here)
+    return tf.io.decode_raw(taken, tf.uint8, fixed_length=size)
+
+
+def _parse_frame_record(path, index, record, *, num_classes, max_frames, segments, select, bad_records):
     where = _record_name(path, index)
     context_spec = {**FRAME_CONTEXT, **(_SEGMENT_CONTEXT if segments else {})}
     context, lists = tf.io.parse_single_sequence_example(record, context_spec, FRAME_LISTS, example_name=where)
@@ -303,17 +313,21 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
     valid = _check(all_ok, message, where, bad_records)
 
     with tf.control_dependencies([valid]):
-
-        def decode(frames, size):
-            return dequantize(tf.io.decode_raw(frames[:decodable], tf.uint8, fixed_length=size))
-
-        matrix = tf.concat([decode(rgb, RGB_SIZE), decode(audio, AUDIO_SIZE)], axis=1)
-    matrix = tf.pad(matrix, [[0, max_frames - decodable], [0, 0]])  # padding rows are exactly 0.0
-    matrix.set_shape([max_frames, RGB_SIZE + AUDIO_SIZE])
+        if select is None:
+            rows, count, length = None, decodable, max_frames
+        else:
+            indices, counts = select(tf.reshape(decodable, [1]))
+            rows, count, length = indices[0], counts[0], indices.shape[1]
+        codes = tf.concat([_decode(rgb, rows, decodable, RGB_SIZE), _decode(audio, rows, decodable, AUDIO_SIZE)], 1)
+    if select is None:
+        codes = tf.pad(codes, [[0, max_frames - decodable], [0, 0]])  # padding rows: code 0
+    else:  # rows past the count (short videos) repeat frame 0: zero them, as padding
+        codes = tf.where(tf.range(length)[:, None] < count, codes, tf.zeros([], tf.uint8))
+    codes.set_shape([length, RGB_SIZE + AUDIO_SIZE])
     video = {
         "id": video_id,
-        "frames": matrix,
-        "num_frames": tf.cast(num_frames, tf.int32),
+        "frames": codes,
+        "num_frames": tf.cast(count, tf.int32),
         "labels": _multi_hot(tf.where(valid, labels, tf.zeros_like(labels)), num_classes),
     }
     if segments:
@@ -360,11 +374,18 @@ def read_frame_dataset(
     seed: int | None = None,
     num_readers: int = 4,
     bad_records: BadRecords | None = None,
+    select=None,
+    dequantize: bool = True,
 ) -> tf.data.Dataset:
     """Frame-level records -> batches of {"id", "frames" [B, max_frames, 1152], "num_frames" [B], "labels" [B, C]}.
 
     Frames are dequantized like the official starter code; rgb (1024) then audio (128); rows past num_frames
-    are 0.0; videos longer than max_frames are truncated. With `segment_labels=True` (2019 data) each rated
+    are 0.0; videos longer than max_frames are truncated. The uint8 codes travel through the pipeline and are
+    dequantized once per batch; with `dequantize=False` the batches hold the codes themselves (uint8, rows past
+    num_frames 0: `quantize.dequantize_frames` makes them the float frames, e.g. on the accelerator).
+    `select(num_frames [1]) -> (indices [1, k], counts [1])` decodes only the k frames it picks of each video
+    (e.g. a student's `students.selection.selection_indices`): "frames" is then [B, k, 1152], "num_frames" the
+    counts. With `segment_labels=True` (2019 data) each rated
     5-frame segment is an element: {"id", "segment_start", "frames" [B, 5, 1152], "num_frames" (real frames in
     the segment), "labels" (segment scores at the rated classes), "label_weights" (1 at rated classes)}.
     `deterministic=True` gives the same order on every run (seed 0 unless `seed` is given); `num_epochs=None`
@@ -372,18 +393,28 @@ def read_frame_dataset(
     """
     if max_frames < 1:
         raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
+    if select is not None and segment_labels:
+        raise ConfigError("segment_labels cuts 5-frame segments from whole videos: it takes no frame selection")
     reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
     parse = functools.partial(
         _parse_frame_record,
         num_classes=num_classes,
         max_frames=max_frames,
         segments=segment_labels,
+        select=select,
         bad_records=bad_records,
     )
     ds = _valid_videos(reading, parse, bad_records)
     if segment_labels:
         ds = ds.flat_map(lambda video: _cut_segments(video, num_classes, max_frames))
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if dequantize:
+        ds = ds.map(_dequantized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _dequantized(batch):
+    return {**batch, "frames": dequantize_frames(batch["frames"], batch["num_frames"])}
 
 
 # ---------------------------------------------------------------------------------------------- video level
