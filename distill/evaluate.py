@@ -37,10 +37,12 @@ def predictions(
     batch_size: int = 64,
     max_videos: int = 0,
     bad_records: BadRecords | None = None,
+    select=None,
 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
     """(ids, predictions [B, C], labels [B, C]) batch by batch, in file order (`bad_records`: skip and count
-    bad records instead of stopping at the first)."""
-    ds = _records(pattern, num_classes, max_frames, batch_size, bad_records)
+    bad records instead of stopping at the first; `select`: a student's frames, decoded alone, as
+    `StudentConfig.frames_to_decode`)."""
+    ds = _records(pattern, num_classes, max_frames, batch_size, bad_records, select=select)
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
     with data_errors():
@@ -58,8 +60,10 @@ def evaluate_model(
     batch_size: int = 64,
     max_videos: int = 0,
     bad_records: BadRecords | None = None,
+    select=None,
 ) -> dict:
-    """Hit@1, PERR, GAP@20, mAP and the mean L_CE of a model over labeled frame-level records."""
+    """Hit@1, PERR, GAP@20, mAP and the mean L_CE of a model over labeled frame-level records (`select`: as in
+    `predictions`)."""
     metrics = VideoMetrics(num_classes)
     losses = []
     for _, scores, labels in predictions(
@@ -70,6 +74,7 @@ def evaluate_model(
         batch_size=batch_size,
         max_videos=max_videos,
         bad_records=bad_records,
+        select=select,
     ):
         metrics.accumulate(scores, labels)
         losses.append((float(cross_entropy(labels, scores)), len(labels)))  # the training loss, batch mean

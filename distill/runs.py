@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tf_keras as keras
 
 from vidistill.distill.config import load_train_config
 from vidistill.distill.trainer import build_models, restore_models
-from vidistill.students.convert import is_student_dir, load_student, save_student
+from vidistill.students.convert import is_student_dir, load_student, load_student_config, save_student
 from vidistill.yt8m.constants import MAX_FRAMES
 from vidistill.yt8m.errors import ConfigError
 
@@ -21,6 +22,7 @@ class LoadedModel:
     max_frames: int
     description: str
     which: str  # "student" or "teacher"
+    select: Callable | None = None  # a student's frames, picked before decoding (readers' `select`)
 
 
 def load_model(path: str, which: str = "auto") -> LoadedModel:
@@ -30,7 +32,8 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
             raise ConfigError(f"{path} is a converted student: it holds no teacher")
         student = load_student(path)
         num_classes = student.output["predictions"].shape[-1]
-        return LoadedModel(student, num_classes, MAX_FRAMES, f"converted student {path}", "student")
+        select = load_student_config(path).frames_to_decode()
+        return LoadedModel(student, num_classes, MAX_FRAMES, f"converted student {path}", "student", select)
     if not os.path.exists(os.path.join(path, "config.yaml")):
         raise FileNotFoundError(f"{path} is neither a run directory (config.yaml) nor a converted student")
     config = load_train_config(path)
@@ -41,7 +44,9 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
     if model is None:
         raise ConfigError(f"{path} ({config.mode} run) has no {which}")
     checkpoint = restore_models(models, path)
-    return LoadedModel(model, config.num_classes, config.data.max_frames, f"{which} of {path} ({checkpoint})", which)
+    description = f"{which} of {path} ({checkpoint})"
+    select = config.student.frames_to_decode() if which == "student" else None
+    return LoadedModel(model, config.num_classes, config.data.max_frames, description, which, select)
 
 
 def convert_run(run_dir: str, out_dir: str) -> str:

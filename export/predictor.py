@@ -54,6 +54,17 @@ def prepare_inputs(card, frames: np.ndarray, num_frames) -> dict[str, np.ndarray
     return {"frames": fitted, "num_frames": counts.astype(np.int32)}
 
 
+def frames_to_decode(model):
+    """The reader's `select` for a file with a frame selection (its k frames, picked before decoding, which its
+    inputs then pass through unchanged), else None."""
+    if not model.selection:
+        return None
+    from vidistill.students.selection import selection_indices
+
+    k, policy, seed = (model.selection[key] for key in ("k", "policy", "seed"))
+    return lambda num_frames: selection_indices(num_frames, k, policy, seed=seed)
+
+
 def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0, bad_records=None):
     """Labeled frame-level records -> (frames [B, T, 1152] whole videos, num_frames [B], labels [B, C]) per batch,
     in file order, T = `frames_to_read(model)` (needs TensorFlow); at most `max_videos` videos (0: all);
@@ -67,6 +78,7 @@ def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0, ba
         batch_size=batch_size,
         deterministic=True,
         bad_records=bad_records,
+        select=frames_to_decode(model),
     )
     if max_videos:
         ds = ds.unbatch().take(max_videos).batch(batch_size)
@@ -126,6 +138,7 @@ class Predictor:
             batch_size=batch_size,
             deterministic=True,
             bad_records=bad_records,
+            select=frames_to_decode(self.card),
         )
         with data_errors():
             for batch in ds.as_numpy_iterator():

@@ -43,6 +43,17 @@ class StudentConfig:
     def to_dict(self) -> dict:
         return {"model": config_to_dict(self.model), "policy": self.policy, "seed": self.seed}
 
+    def frames_to_decode(self, *, training: bool = False):
+        """The reader's `select` for this student: its k frames, picked before decoding, bit for bit the frames
+        its FrameSelector takes (which then passes them through unchanged). None where training draws `random`
+        frames afresh each step: the selector must see the whole video."""
+        if training and self.policy == "random":
+            return None
+        from vidistill.students.selection import selection_indices
+
+        k, policy, seed = self.k, self.policy, self.seed
+        return lambda num_frames: selection_indices(num_frames, k, policy, seed=seed)
+
     @classmethod
     def from_dict(cls, data: dict) -> StudentConfig:
         from vidistill.teachers.config import from_fields

@@ -36,6 +36,7 @@ def run(args) -> int:
         max_frames=loaded.max_frames,
         batch_size=args.batch_size,
         bad_records=bad_records,
+        **({} if args.segments else {"select": loaded.select}),
     )
     if args.json:
         print(json.dumps(result, indent=2))

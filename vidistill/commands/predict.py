@@ -52,6 +52,7 @@ def run(args) -> int:
         max_frames=loaded.max_frames,
         batch_size=args.batch_size,
         bad_records=bad_records,
+        select=loaded.select,
     ):
         ids.extend(batch_ids)
         scores.append(batch_scores)
