@@ -50,9 +50,16 @@ class Distiller(keras.Model):
         # set past Keras' attribute tracking: the policy's variables would become the Distiller's own weights
         object.__setattr__(self, "head_policy", policy)
         object.__setattr__(self, "terms", tuple(terms))
+        # seconds the train steps spent computing, from their inputs' arrival to their updates (the trainer's
+        # input-wait share); a counter, not a weight (set past Keras' tracking too)
+        compute_seconds = tf.Variable(
+            0.0, dtype=tf.float64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+        )
+        object.__setattr__(self, "compute_seconds", compute_seconds)
 
     head_policy: HeadPolicy
     terms: tuple[LossTerm, ...]
+    compute_seconds: tf.Variable
 
     def call(self, batch, training=False):
         model = self.student if self.student is not None else self.teacher
@@ -81,6 +88,8 @@ class Distiller(keras.Model):
         return {"loss": total + tf.add_n(regularization) if regularization else total, **logs}
 
     def train_step(self, batch):
+        with tf.control_dependencies(tf.nest.flatten(batch)):
+            started = tf.timestamp()  # the inputs are here
         self.head_policy.before_step()
         # each replica's loss is the mean over its share of the batch and the optimizer sums the replicas'
         # gradients: dividing by their number makes that the gradient of the global batch's mean, as on one device
@@ -95,8 +104,11 @@ class Distiller(keras.Model):
                 f"no trainable variable gets a gradient in mode '{self.mode}' with loss terms "
                 f"{list(self.terms)}: nothing would train; turn on a loss term that reaches the model"
             )
-        self.optimizer.apply_gradients((g, v) for g, v in zip(gradients, variables) if g is not None)
+        applied = self.optimizer.apply_gradients((g, v) for g, v in zip(gradients, variables) if g is not None)
         self.head_policy.after_step()  # e.g. the student holds the teacher's updated head (checkpoints, evaluation)
+        done = [g for g in gradients if g is not None] + [logs["loss"]] + ([applied] if applied is not None else [])
+        with tf.control_dependencies(tf.nest.flatten(done, expand_composites=True)):
+            self.compute_seconds.assign_add(tf.timestamp() - started)
         return _replica_share(logs, replicas)
 
     def test_step(self, batch):

@@ -135,7 +135,9 @@ def _optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
 
 
 def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -> tf.data.Dataset:
-    """Shuffled, repeated forever; under several workers each keeps every n-th batch (auto-shard by data)."""
+    """Shuffled, repeated forever; under several workers each keeps every n-th batch (auto-shard by data). Where
+    no teacher runs, only the student's k frames are decoded."""
+    alone = config.student if not config.mode.has_teacher else None
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return read_frame_dataset(
@@ -150,6 +152,7 @@ def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -
         seed=config.seed,
         deterministic=config.data.deterministic,
         bad_records=bad_records,
+        select=alone.frames_to_decode(training=True) if alone is not None else None,
     ).with_options(options)
 
 
@@ -194,6 +197,47 @@ class _StepLimit(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.optimizer.iterations.numpy()) >= self.steps:
             self.model.stop_training = True
+
+
+class _InputWait(keras.callbacks.Callback):
+    """The share of the train steps' time spent outside their computation: waiting for input (and dispatching the
+    step). Each step's wall time, from Keras starting it to its results, less its computing time (from its inputs'
+    arrival to its updates: `Distiller.compute_seconds`); the first step of each fit (tracing) left out. Written
+    per checkpoint interval to TensorBoard (logs/input, "input_wait_share") and for the whole run to the summary."""
+
+    def __init__(self, run: Run):
+        super().__init__()
+        self.run = run
+        self.wall = self.compute = 0.0  # over the run, first steps left out
+        self.interval = (0.0, 0.0)  # at the last interval's end
+        self.counted = None  # compute_seconds when the current fit's first step ended
+
+    @property
+    def share(self) -> float | None:
+        return max(0.0, 1 - self.compute / self.wall) if self.wall > 0 else None
+
+    def on_train_begin(self, logs=None):
+        self.counted = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.perf_counter() - self.started
+        if self.counted is None:
+            self.counted = float(self.run.distiller.compute_seconds.numpy())
+        else:
+            self.wall += elapsed
+
+    def on_epoch_end(self, epoch, logs=None):
+        total = float(self.run.distiller.compute_seconds.numpy())
+        self.compute += total - self.counted
+        self.counted = total
+        wall, compute = self.wall - self.interval[0], self.compute - self.interval[1]
+        self.interval = (self.wall, self.compute)
+        if wall > 0 and self.run.is_chief:
+            with self.run.input_writer().as_default():
+                tf.summary.scalar("input_wait_share", max(0.0, 1 - compute / wall), step=self.run.step)
 
 
 class _Checkpointer(keras.callbacks.Callback):
@@ -362,6 +406,8 @@ class Run:
             self.distiller.head_policy.after_restore()
         self.bad_records = BadRecords() if config.data.skip_bad_records else None  # counted over the whole run
         self.nan_guard = _NaNGuard()
+        self.input_wait = _InputWait(self)
+        self._input_writer = None
         self.last_eval_step = -1
 
     @property
@@ -377,6 +423,7 @@ class Run:
         # fit distributes the dataset over the strategy the models were built under
         dataset = _train_dataset(config, self.bad_records)
         callbacks = [
+            self.input_wait,  # first: its step timing brackets the others' hooks
             self.nan_guard,
             _StepLimit(self.optimizer, config.steps),
             _Checkpointer(self),
@@ -442,6 +489,7 @@ class Run:
         self.last_eval_step = step
 
         model = self.models.student if self.models.student is not None else self.models.teacher
+        student = self.config.student if self.models.student is not None else None
         metrics = evaluate_model(
             model,
             self.config.data.eval,
@@ -450,6 +498,7 @@ class Run:
             batch_size=self.config.data.eval_batch_size,
             max_videos=self.config.data.eval_videos,
             bad_records=self.bad_records,
+            select=student.frames_to_decode() if student is not None else None,
         )
         # every worker evaluates (same weights, same data: the same decision below, so that all of them take
         # part in the same checkpoint saves); only the chief writes files
@@ -464,10 +513,16 @@ class Run:
             self.best_manager.save(checkpoint_number=step)
         return metrics
 
+    def input_writer(self):
+        if self._input_writer is None:
+            self._input_writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", "input"))
+        return self._input_writer
+
     def summary(self) -> dict:
         path = os.path.join(self.run_dir, "metrics.jsonl")
         lines = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
         summary = {"step": self.step, "run_dir": self.run_dir, "last_eval": lines[-1] if lines else None}
+        summary["input_wait_share"] = self.input_wait.share  # this process's steps; None before any was timed
         if self.bad_records is not None:
             summary["bad_records"] = self.bad_records.count  # in this process (a resumed run counts from its start)
         return summary

@@ -88,6 +88,11 @@ def run(args) -> int:
     print(f"strategy: {type(run.strategy).__name__}, {run.strategy.num_replicas_in_sync} replica(s) in sync")
     summary = run.train()
     print(f"trained to step {summary['step']}; run directory {args.out}")
+    if summary["input_wait_share"] is not None:
+        print(
+            f"input wait: {summary['input_wait_share']:.1%} of the step time "
+            "(outside the steps' computation; TensorBoard: input_wait_share)"
+        )
     if summary["last_eval"]:
         e = summary["last_eval"]
         print(
