@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -484,9 +485,13 @@ def test_bench_data_times_every_reader_stage(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "8 videos x 300 frames; batch 4" in out
-    for stage in ("synthetic generation (write)", "reader: records", "reader: parse", "reader: decode", "reader: full"):
+    stages = ("records", "parse", "decode", "full", "codes", "k=30")
+    for stage in ("synthetic generation (write)", *(f"reader: {s} " for s in stages)):
         row = next(line for line in out.splitlines() if stage in line)
         assert " 8 " in row, row  # each stage read all 8 videos
+    assert re.search(r"checked / unchecked \(full / decode\): \d+% .* \(goal >= 90%\): (met|missed)", out), out
+    assert re.search(r"model-ready float batches: \d+ videos/s \(goal >= 2500\): (met|missed)", out), out
+    assert re.search(r"decoding only k=30 frames: \d+\.\d\dx the full videos/s", out), out
 
 
 def test_the_baseline_beats_random_scores(synth_data, tmp_path, capsys):
