@@ -23,6 +23,8 @@ from vidistill.yt8m.quantize import dequantize_frames
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
 _MESSAGE_TAG = "yt8m-data-error"
+_REPLAY_TAG = "yt8m-bad-record"  # a failed check that carries only where it failed (see _check)
+_REPLAYED = re.compile(rf"\[{_REPLAY_TAG}\] \[([^\]]*)\] \[(\d+)\] \[(.*?)\](?: \[(\d+)\] \[(\d+)\])?\n")
 _SKIP_HINT = (
     "fix or regenerate the file, or skip bad records (--skip-bad-records; in Python pass bad_records=BadRecords())"
 )
@@ -62,6 +64,9 @@ class BadRecords:
 
 def explain(error: Exception) -> DataError | None:
     """The DataError behind a TensorFlow error raised while iterating a reader's dataset, if there is one."""
+    replayed = _REPLAYED.search(str(error) + "\n")
+    if replayed:
+        return _replay(*replayed.groups())
     match = re.search(rf"{_MESSAGE_TAG}: (.*?{re.escape(_SKIP_HINT)})", str(error), flags=re.DOTALL)
     return DataError(match.group(1).replace("\\'", "'").replace('\\"', '"')) if match else None
 
@@ -78,8 +83,37 @@ def data_errors():
         raise error from None
 
 
-def _check(valid, message_fn, where, bad_records: BadRecords | None):
-    """Raises (strict mode) or counts and prints (skip mode) when `valid` is False; returns `valid`."""
+def _replay(kind: str, index: str, path: str, consumed: str | None, size: str | None) -> DataError:
+    """The message of a check that failed in strict mode, built now: from its numbers, or by reading the record
+    again and running its parser with messages (the same checks, in Python's eager mode)."""
+    if kind == "end":
+        return DataError(
+            f"{path}: corrupt or truncated: only its first {index} record(s) could be read ({consumed} of {size} "
+            f"bytes); {_SKIP_HINT}"
+        )
+    name, *numbers = kind.split()
+    record = next(iter(tf.data.TFRecordDataset(path).skip(int(index)).take(1)))
+    options = dict(zip(("num_classes", "max_frames", "segments"), map(int, numbers)))
+    parse = _parse_frame_record if name == "frame" else _parse_video_record
+    if name == "frame":
+        options.update(segments=bool(options["segments"]), select=None)
+    try:
+        parse(tf.constant(path), tf.constant(int(index), tf.int64), record, bad_records=None, replay=False, **options)
+    except tf.errors.OpError as e:
+        error = explain(e)
+        if error is not None:
+            return error
+    return DataError(f"record {index} of {path}: failed a check that passes when read again (was the file changed?)")
+
+
+def _check(valid, message_fn, where, bad_records: BadRecords | None, replay=None):
+    """Raises (strict mode) or counts and prints (skip mode) when `valid` is False; returns `valid`.
+
+    Strict mode with `replay` ([kind, record index, path, ...]): the assertion carries only those, so that no
+    message is built while every record passes; `explain` builds it on failure (`_replay`)."""
+    if bad_records is None and replay is not None:
+        with tf.control_dependencies([tf.debugging.Assert(valid, [_REPLAY_TAG, *replay])]):
+            return tf.identity(valid)
     problem = tf.cond(valid, lambda: tf.constant(""), lambda: tf.strings.join([where, ": ", message_fn()]))
     if bad_records is None:
         message = tf.strings.join([f"{_MESSAGE_TAG}: ", problem, f"; {_SKIP_HINT}"])
@@ -115,7 +149,7 @@ def _file_records(path, size, bad_records: BadRecords | None):
         message = lambda: tf.strings.format(  # noqa: E731
             "corrupt or truncated: only its first {} record(s) could be read ({} of {} bytes)", (index, consumed, size)
         )
-        ok = _check(ok, message, path, bad_records)
+        ok = _check(ok, message, path, bad_records, replay=["end", index, path, consumed, size])
         return tf.logical_and(ok, tf.logical_not(is_end)), index, record
 
     zero = tf.constant(0, tf.int64)
@@ -253,7 +287,7 @@ def _decode(frames, rows, decodable, size: int):
     return tf.io.decode_raw(taken, tf.uint8, fixed_length=size)
 
 
-def _parse_frame_record(path, index, record, *, num_classes, max_frames, segments, select, bad_records):
+def _parse_frame_record(path, index, record, *, num_classes, max_frames, segments, select, bad_records, replay=True):
     where = _record_name(path, index)
     context_spec = {**FRAME_CONTEXT, **(_SEGMENT_CONTEXT if segments else {})}
     context, lists = tf.io.parse_single_sequence_example(record, context_spec, FRAME_LISTS, example_name=where)
@@ -310,7 +344,8 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
         )
         checks.append(_label_checks(seg_labels, num_classes, "segment_labels"))
     all_ok, message = _first_failure(checks)
-    valid = _check(all_ok, message, where, bad_records)
+    kind = f"frame {num_classes} {max_frames} {int(segments)}"
+    valid = _check(all_ok, message, where, bad_records, replay=[kind, index, path] if replay else None)
 
     with tf.control_dependencies([valid]):
         if select is None:
@@ -443,7 +478,7 @@ _VIDEO_FEATURES = {
 }
 
 
-def _parse_video_record(path, index, record, *, num_classes, bad_records):
+def _parse_video_record(path, index, record, *, num_classes, bad_records, replay=True):
     where = _record_name(path, index)
     parsed = tf.io.parse_single_example(record, _VIDEO_FEATURES, example_names=where)
     checks = []
@@ -456,7 +491,9 @@ def _parse_video_record(path, index, record, *, num_classes, bad_records):
     labels = parsed["labels"].values
     checks.append(_label_checks(labels, num_classes))
     all_ok, message = _first_failure(checks)
-    valid = _check(all_ok, message, where, bad_records)
+    valid = _check(
+        all_ok, message, where, bad_records, replay=[f"video {num_classes}", index, path] if replay else None
+    )
     with tf.control_dependencies([valid]):
         vector = tf.concat(features, axis=0)
     vector.set_shape([RGB_SIZE + AUDIO_SIZE])
