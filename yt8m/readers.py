@@ -205,8 +205,13 @@ def _video_only(valid, video):
 
 
 def _valid_videos(reading: _Reading, parse, bad_records: BadRecords | None) -> tf.data.Dataset:
-    """Records parsed in parallel by `parse(path, index, record) -> (valid, video)`, the invalid ones dropped."""
+    """Records parsed in parallel by `parse(path, index, record) -> (valid, video)`, the invalid ones dropped (in
+    strict mode an invalid record raises: nothing to drop, one stage fewer per record)."""
     ds = _record_stream(reading, bad_records)
+    if bad_records is None:
+        return ds.map(
+            lambda *record: parse(*record)[1], num_parallel_calls=tf.data.AUTOTUNE, deterministic=reading.deterministic
+        )
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=reading.deterministic)
     return ds.filter(_is_valid).map(_video_only)
 
