@@ -20,9 +20,15 @@ STEP = SCALE  # one quantization step
 
 
 def quantize(features: np.ndarray) -> np.ndarray:
-    """Float features -> uint8 codes (the official extractor's quantization)."""
-    clipped = np.clip(np.asarray(features, dtype=np.float64), QUANT_MIN, QUANT_MAX)
-    return np.round((clipped - QUANT_MIN) * (255.0 / _RANGE)).astype(np.uint8)
+    """Float features -> uint8 codes (the official extractor's quantization).
+
+    In float64, in place in one buffer (a fresh array per step cost a page fault per 4 KiB: a third of the synthetic
+    generator's time). For float32 input every step is exact: x + 2 and (x + 2) * 63.75 need at most 32 bits."""
+    scaled = np.array(features, dtype=np.float64)  # a copy, never the caller's array
+    np.clip(scaled, QUANT_MIN, QUANT_MAX, out=scaled)
+    scaled -= QUANT_MIN
+    scaled *= 255.0 / _RANGE
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def dequantize(codes):

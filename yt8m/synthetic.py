@@ -145,9 +145,12 @@ def generate_video(config: SynthConfig, world: World, split: str, index: int) ->
     shot_of_frame = np.cumsum(rng.random(n) < 1 / 20) % 64
     scene = rng.standard_normal(FEATURE_SIZE, dtype=np.float32) * config.background
     shots = rng.standard_normal((64, FEATURE_SIZE), dtype=np.float32) * (config.background / 2)
-    frames = rng.standard_normal((n, FEATURE_SIZE), dtype=np.float32) * config.noise
+    frames = rng.standard_normal((n, FEATURE_SIZE), dtype=np.float32)
+    frames *= config.noise  # in place, like every step below (a fresh array per step costs its page faults)
     frames += scene
-    frames += shots[shot_of_frame]
+    starts = np.flatnonzero(np.diff(shot_of_frame, prepend=-1))  # shots are runs of frames
+    for start, end in zip(starts, [*starts[1:], n]):
+        frames[start:end] += shots[shot_of_frame[start]]
 
     events = []
     for c in labels:
