@@ -22,12 +22,18 @@ from vidistill.distill.losses import LossWeights
 from vidistill.distill.modes import Mode
 from vidistill.distill.terms import LossInputs, LossTerm, terms_for, weighted_sum
 from vidistill.yt8m.errors import ConfigError
+from vidistill.yt8m.quantize import dequantize_frames
 
 __all__ = ["Distiller", "classifier_head"]
 
 
 def _inputs(batch):
-    return {"frames": batch["frames"], "num_frames": batch["num_frames"]}
+    """The models' inputs; uint8 codes (a reader with dequantize=False) become the float frames here, on the
+    step's device (bit for bit the reader's dequantization)."""
+    frames = batch["frames"]
+    if frames.dtype == tf.uint8:
+        frames = dequantize_frames(frames, batch["num_frames"])
+    return {"frames": frames, "num_frames": batch["num_frames"]}
 
 
 class Distiller(keras.Model):

@@ -57,6 +57,23 @@ def test_a_student_alone_trains_on_its_decoded_frames_exactly_as_on_whole_videos
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
 
 
+def test_batches_of_uint8_codes_train_exactly_like_float_batches(synth_data, tmp_path, monkeypatch):
+    """With a GPU the trainer hands the step uint8 codes, which it dequantizes itself: same losses, same weights."""
+    data = synth_data()
+    floats = _student_run(tmp_path, data, "uniform", "floats")
+    batch = next(iter(trainer._train_dataset(floats.config)))
+    floats.train(progress=False)
+    monkeypatch.setattr(trainer, "_step_dequantizes", lambda: True)
+    codes = _student_run(tmp_path, data, "uniform", "codes")
+    coded = next(iter(trainer._train_dataset(codes.config)))
+    assert coded["frames"].dtype == tf.uint8 and batch["frames"].dtype == tf.float32
+    same = codes.distiller.compute_losses(coded, training=False)["loss"]
+    assert float(same) == float(codes.distiller.compute_losses(batch, training=False)["loss"])
+    codes.train(progress=False)
+    for a, b in zip(floats.models.student.weights, codes.models.student.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+
+
 def _input_wait_scalars(run_dir: str) -> list[float]:
     values = []
     for path in glob.glob(f"{run_dir}/logs/input/*"):
