@@ -293,6 +293,19 @@ def test_bad_frame_records_raise_naming_file_and_record(tmp_path, record, fragme
     assert data["id"].tolist() == [b"good", b"good"] and skipped.count == 1
 
 
+def test_a_bad_record_is_named_even_when_its_file_is_gone_before_the_message(tmp_path):
+    """Strict mode builds a message after the failure, by reading the record again: a file removed meanwhile still
+    gives the file and record, and the hint."""
+    path = str(tmp_path / "bad.tfrecord")
+    write_records(path, [_sequence_example(vid=b"good"), _sequence_example(n=0)])
+    with pytest.raises(tf.errors.OpError) as info:
+        list(read_frame_dataset(path, num_classes=4))
+    os.remove(path)
+    message = str(explain(info.value))
+    assert message.startswith(f"record 1 of {path}: failed a check, and it cannot be read now"), message
+    assert "bad_records=BadRecords()" in message
+
+
 def test_truncated_and_corrupt_files_are_named(tmp_path):
     rng = np.random.default_rng(4)
     path = str(tmp_path / "ok.tfrecord")

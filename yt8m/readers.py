@@ -92,7 +92,11 @@ def _replay(kind: str, index: str, path: str, consumed: str | None, size: str | 
             f"bytes); {_SKIP_HINT}"
         )
     name, *numbers = kind.split()
-    record = next(iter(tf.data.TFRecordDataset(path).skip(int(index)).take(1)))
+    try:
+        record = next(iter(tf.data.TFRecordDataset(path).skip(int(index)).take(1)))
+    except (tf.errors.OpError, StopIteration) as e:
+        now = f"it cannot be read now ({type(e).__name__})" if isinstance(e, tf.errors.OpError) else "it is gone"
+        return DataError(f"record {index} of {path}: failed a check, and {now} to say which; {_SKIP_HINT}")
     options = dict(zip(("num_classes", "max_frames", "segments"), map(int, numbers)))
     parse = _parse_frame_record if name == "frame" else _parse_video_record
     if name == "frame":
