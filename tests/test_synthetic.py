@@ -114,6 +114,26 @@ def test_the_generated_content_is_pinned():
     assert h.hexdigest() == "fadf5f89ddebb4c82f5676e180c5dfcb2298088c77c948bd8aaca39462f51970"
 
 
+def test_records_have_the_same_bytes_in_every_process():
+    """Protobuf orders a map's keys (feature lists rgb / audio, context features) by a per-process hash unless asked
+    not to: the same video must be the same bytes whatever the process (files byte-reproducible)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib; from vidistill.yt8m.synthetic import SynthConfig, World, generate_video, _serialize; "
+        "c = SynthConfig(videos=2, classes=5, segments=True); "
+        "print(hashlib.sha256(_serialize(generate_video(c, World.build(c), 'train', 0))).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True
+        ).stdout.split()[-1]
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1, digests
+
+
 def test_different_seed_split_or_index_gives_different_videos():
     config = SynthConfig(**SMALL)
     other = dataclasses.replace(config, seed=config.seed + 1)

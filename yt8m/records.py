@@ -83,7 +83,7 @@ def frame_example(video: Video | Mapping, *, quantized: bool = False):
         feature_list = example.feature_lists.feature_list[name]
         for row in codes:
             feature_list.feature.add().bytes_list.value.append(row.tobytes())
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # map keys sorted: the same bytes in every process
 
 
 def video_level_example(video_id: str, labels: Iterable[int], mean_rgb, mean_audio) -> bytes:
@@ -96,7 +96,7 @@ def video_level_example(video_id: str, labels: Iterable[int], mean_rgb, mean_aud
     feature["labels"].int64_list.value.extend(int(label) for label in labels)
     feature["mean_rgb"].float_list.value.extend(np.asarray(mean_rgb, dtype=np.float32).ravel().tolist())
     feature["mean_audio"].float_list.value.extend(np.asarray(mean_audio, dtype=np.float32).ravel().tolist())
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # map keys sorted: the same bytes in every process
 
 
 def write_records(path: str, serialized: Iterable[bytes]) -> int:
