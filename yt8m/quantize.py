@@ -23,7 +23,7 @@ def quantize(features: np.ndarray) -> np.ndarray:
     """Float features -> uint8 codes (the official extractor's quantization).
 
     In float64, in place in one buffer (a fresh array per step cost a page fault per 4 KiB: a third of the synthetic
-    generator's time). For float32 input every step is exact: x + 2 and (x + 2) * 63.75 need at most 32 bits."""
+    generator's time); the same float64 steps as the extractor's, so the same codes."""
     scaled = np.array(features, dtype=np.float64)  # a copy, never the caller's array
     np.clip(scaled, QUANT_MIN, QUANT_MAX, out=scaled)
     scaled -= QUANT_MIN
