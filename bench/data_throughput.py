@@ -69,7 +69,7 @@ def _count(ds, videos_of) -> tuple[int, float, float, int]:
 def reader_stages(
     pattern: str, *, batch_size: int = 64, max_frames: int = 300, k: int = 30, passes: int = 3
 ) -> list[StageResult]:
-    from vidistill.students.selection import selection_indices
+    from vidistill.students.selection import frames_to_decode
 
     def records():
         return record_stream(pattern, num_readers=4)
@@ -94,9 +94,6 @@ def reader_stages(
     def full(**options):
         return lambda: read_frame_dataset(pattern, batch_size=batch_size, max_frames=max_frames, **options)
 
-    def selected(num_frames):
-        return selection_indices(num_frames, k, "uniform")
-
     def batch_size_of(batch):
         return int(batch["num_frames"].shape[0])
 
@@ -106,7 +103,7 @@ def reader_stages(
         ("decode", decode, lambda batch: int(batch.shape[0])),
         ("full", full(), batch_size_of),
         ("codes", full(dequantize=False), batch_size_of),
-        (f"k={k}", full(select=selected), batch_size_of),
+        (f"k={k}", full(select=frames_to_decode(k, "uniform")), batch_size_of),
     ]
     _count(records(), lambda e: 1)  # warm the page cache
     results = []

@@ -218,10 +218,11 @@ class _InputWait(keras.callbacks.Callback):
         self.wall = self.compute = 0.0  # over the run, first steps left out
         self.interval = (0.0, 0.0)  # at the last interval's end
         self.counted = None  # compute_seconds when the current fit's first step ended
+        self.writer = None  # logs/input, made at the first interval's end
 
     @property
     def share(self) -> float | None:
-        return max(0.0, 1 - self.compute / self.wall) if self.wall > 0 else None
+        return _waiting(self.wall, self.compute)
 
     def on_train_begin(self, logs=None):
         self.counted = None
@@ -240,11 +241,18 @@ class _InputWait(keras.callbacks.Callback):
         total = float(self.run.distiller.compute_seconds.numpy())
         self.compute += total - self.counted
         self.counted = total
-        wall, compute = self.wall - self.interval[0], self.compute - self.interval[1]
+        share = _waiting(self.wall - self.interval[0], self.compute - self.interval[1])
         self.interval = (self.wall, self.compute)
-        if wall > 0 and self.run.is_chief:
-            with self.run.input_writer().as_default():
-                tf.summary.scalar("input_wait_share", max(0.0, 1 - compute / wall), step=self.run.step)
+        if share is not None and self.run.is_chief:
+            if self.writer is None:
+                self.writer = tf.summary.create_file_writer(os.path.join(self.run.run_dir, "logs", "input"))
+            with self.writer.as_default():
+                tf.summary.scalar("input_wait_share", share, step=self.run.step)
+
+
+def _waiting(wall: float, compute: float) -> float | None:
+    """The share of `wall` seconds not spent computing; None for no timed step."""
+    return max(0.0, 1 - compute / wall) if wall > 0 else None
 
 
 class _Checkpointer(keras.callbacks.Callback):
@@ -414,7 +422,6 @@ class Run:
         self.bad_records = BadRecords() if config.data.skip_bad_records else None  # counted over the whole run
         self.nan_guard = _NaNGuard()
         self.input_wait = _InputWait(self)
-        self._input_writer = None
         self.last_eval_step = -1
 
     @property
@@ -519,11 +526,6 @@ class Run:
             self.best_gap = metrics["gap"]
             self.best_manager.save(checkpoint_number=step)
         return metrics
-
-    def input_writer(self):
-        if self._input_writer is None:
-            self._input_writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", "input"))
-        return self._input_writer
 
     def summary(self) -> dict:
         path = os.path.join(self.run_dir, "metrics.jsonl")

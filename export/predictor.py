@@ -59,10 +59,9 @@ def frames_to_decode(model):
     inputs then pass through unchanged), else None."""
     if not model.selection:
         return None
-    from vidistill.students.selection import selection_indices
+    from vidistill.students.selection import frames_to_decode as selection_to_decode
 
-    k, policy, seed = (model.selection[key] for key in ("k", "policy", "seed"))
-    return lambda num_frames: selection_indices(num_frames, k, policy, seed=seed)
+    return selection_to_decode(*(model.selection[key] for key in ("k", "policy", "seed")))
 
 
 def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0, bad_records=None):

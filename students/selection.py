@@ -61,6 +61,7 @@ __all__ = [
     "POLICIES",
     "FrameSelector",
     "fml_block_sizes",
+    "frames_to_decode",
     "select_frames",
     "selection_indices",
 ]
@@ -195,6 +196,12 @@ def selection_indices(num_frames, k: int, policy: str, *, training=False, seed=N
     idx = tf.where(nc < k, i + tf.zeros_like(nc), idx)
     idx = tf.where(i < counts[:, None], idx, tf.zeros_like(idx))
     return idx, counts
+
+
+def frames_to_decode(k: int, policy: str, seed=None):
+    """A reader's `select` (yt8m.readers.read_frame_dataset): the indices this selection takes at inference, as a
+    function of num_frames [1]; a FrameSelector given the k frames read this way passes them through unchanged."""
+    return lambda num_frames: selection_indices(num_frames, k, policy, seed=seed)
 
 
 def select_frames(frames, num_frames, k: int, policy: str, *, training=False, seed=None, rng=None):

@@ -49,10 +49,9 @@ class StudentConfig:
         frames afresh each step: the selector must see the whole video."""
         if training and self.policy == "random":
             return None
-        from vidistill.students.selection import selection_indices
+        from vidistill.students.selection import frames_to_decode
 
-        k, policy, seed = self.k, self.policy, self.seed
-        return lambda num_frames: selection_indices(num_frames, k, policy, seed=seed)
+        return frames_to_decode(self.k, self.policy, self.seed)
 
     @classmethod
     def from_dict(cls, data: dict) -> StudentConfig:

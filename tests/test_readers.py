@@ -186,11 +186,9 @@ def test_decoding_only_the_selected_frames_gives_the_students_frames_bit_for_bit
 
 
 def test_selected_reading_still_names_and_skips_bad_records(tmp_path):
-    from vidistill.students.selection import selection_indices
+    from vidistill.students.selection import frames_to_decode
 
-    def select(num_frames):
-        return selection_indices(num_frames, 4, "uniform")
-
+    select = frames_to_decode(4, "uniform")
     path = str(tmp_path / "bad.tfrecord")
     good = _sequence_example(vid=b"good")
     write_records(path, [good, _sequence_example(n=0), _sequence_example(audio_rows=[bytes(128)] * 2), good])
