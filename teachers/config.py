@@ -144,8 +144,49 @@ class NeXtVLADConfig(ModelConfig):
             raise ConfigError("nextvlad: clusters must be >= 2 and hidden >= se_reduction")
 
 
+@dataclass
+class TransformerConfig(ModelConfig):
+    """A BERT-style frame encoder (the 2019 segment challenge's 9th place): frames projected to the hidden size,
+    learned positions, `layers` post-LayerNorm encoder layers of `heads` x `head_size` self-attention and a 4x GELU
+    feed-forward, then pooling. `streams="cross"`: rgb and audio as two sequences whose layers also attend to each
+    other (the seed's "BERTCross"); E is then both streams' pooled vectors."""
+
+    family: ClassVar[str] = "transformer"
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("head_size",)  # hidden = heads x head_size stays divisible
+
+    layers: int = 2
+    heads: int = 12
+    head_size: int = 64  # hidden size H = heads * head_size (768 for BERT-base's 12 x 64)
+    feed_forward: int = 4  # the feed-forward layer's width, in multiples of H
+    pooling: str = "mean"  # "cls" (a learned token prepended), "mean" (masked), "first" (frame 0), "max" (masked)
+    streams: str = "concat"  # "concat": one 1152-d sequence; "cross": rgb and audio cross-attending
+    max_positions: int = MAX_FRAMES  # rows of the learned position table; frames at positions 0..frames-1
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in ("cls", "mean", "first", "max"):
+            raise ConfigError(f"transformer: pooling must be cls, mean, first or max, got {self.pooling!r}")
+        if self.streams not in ("concat", "cross"):
+            raise ConfigError(f"transformer: streams must be 'concat' or 'cross', got {self.streams!r}")
+        for name in ("layers", "heads", "feed_forward"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"transformer: {name} must be >= 1, got {getattr(self, name)}")
+        if self.frames > self.max_positions:
+            raise ConfigError(
+                f"transformer: frames ({self.frames}) exceeds max_positions ({self.max_positions}): "
+                "raise max_positions (the position table) or take fewer frames"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"transformer: dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def hidden(self) -> int:
+        return self.heads * self.head_size
+
+
 CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
-    cls.family: cls for cls in (HLSTMConfig, RNNConfig, NetVLADConfig, NeXtVLADConfig)
+    cls.family: cls for cls in (HLSTMConfig, RNNConfig, NetVLADConfig, NeXtVLADConfig, TransformerConfig)
 }
 
 

@@ -2,3 +2,4 @@
 
 from vidistill.teachers import recurrent  # noqa: F401
 from vidistill.teachers import vlad  # noqa: F401
+from vidistill.teachers import transformer  # noqa: F401

@@ -11,6 +11,7 @@ from vidistill.teachers.config import (
     NetVLADConfig,
     NeXtVLADConfig,
     RNNConfig,
+    TransformerConfig,
     load_config,
 )
 from vidistill.yt8m.errors import ConfigError
@@ -37,6 +38,11 @@ PRESETS: dict[str, ModelConfig] = {
         se_reduction=8,
         head=HeadConfig(kind="logistic"),
     ),
+    # the 2019 segment challenge's BERT frame models: 2-3 layers, 8-12 heads; H = 12 x 64 as in BERT-base (the
+    # seed's bert_config.json is not public); mean pooling ("BERTMean", its best single BERT)
+    "transformer-2019": TransformerConfig(
+        num_classes=3862, frames=300, layers=2, heads=12, head_size=64, pooling="mean", head=HeadConfig(mixtures=2)
+    ),
     "lstm-starter": RNNConfig(num_classes=3862, frames=300, cell="lstm", cells=1024, layers=2),
     # CPU-sized: train in minutes on 2 cores on the synthetic data (100 classes by default)
     "hlstm-small": HLSTMConfig(
@@ -54,6 +60,9 @@ PRESETS: dict[str, ModelConfig] = {
         hidden=256,
         se_reduction=4,
         head=HeadConfig(kind="logistic"),
+    ),
+    "transformer-small": TransformerConfig(
+        num_classes=100, frames=300, layers=2, heads=4, head_size=16, pooling="mean", head=HeadConfig(mixtures=2)
     ),
     "lstm-small": RNNConfig(num_classes=100, frames=300, cell="lstm", cells=128, layers=1),
     "gru-small": RNNConfig(num_classes=100, frames=300, cell="gru", cells=128, layers=1),
