@@ -66,6 +66,7 @@ class ExportConfig:
     # uint8 x int8 products in 16-bit lanes, which saturate (export/sessions.py: int8_saturates)
     reduce_range: bool = True
     opset: int = 17  # ONNX opset (tf2onnx)
+    fuse: bool = True  # a transformer's attention, LayerNorm and GELU as fused nodes (export/fusion.py)
     random_videos: int = 64  # parity without eval data
     seed: int = 0
 

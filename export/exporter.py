@@ -143,7 +143,7 @@ class Exporter:
         """(model, notes, the TF predictions on the held-out batches it is checked against, or None: the source
         network's)."""
         if name == "fp32":
-            return self.fp32, [], None
+            return self.fp32, fusion_notes(self.fp32), None
         if name in ("fp16", "bf16"):
             available = available_providers()
             model, blocked, verified = precision.lower_precision_for(
@@ -200,7 +200,7 @@ class Exporter:
             model, dataset, steps=self.config.qat_steps, learning_rate=self.config.qat_learning_rate
         )
         trim_heap()  # what the fine-tuning freed (its optimizer, the tape's tensors) goes before the conversion
-        proto = onnx_export.convert(model, self.source.config, opset=self.config.opset)
+        proto = onnx_export.convert(model, self.source.config, opset=self.config.opset, fuse=self.config.fuse)
         # its reference predictions now, so the QAT network (a second copy of the weights) is gone before the check
         # loads the ONNX file
         references = [model(inputs, training=False)["predictions"].numpy() for inputs in self.held_out.inputs()]
@@ -210,6 +210,7 @@ class Exporter:
             f"tfmot quantization-aware training, {self.config.qat_steps} steps at lr "
             f"{self.config.qat_learning_rate}: L_CE {losses[0]:.4f} -> {losses[-1]:.4f}",
             self._weights_note("int8-qat"),
+            *fusion_notes(proto),
         ]
         return proto, notes, references
 
@@ -303,7 +304,9 @@ class Exporter:
                 {"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False
             )
         self.held_out = HeldOut(self.source, self.config, self.bad_records)
-        self.fp32 = onnx_export.convert(self.source.network, self.source.config, opset=self.config.opset)
+        self.fp32 = onnx_export.convert(
+            self.source.network, self.source.config, opset=self.config.opset, fuse=self.config.fuse
+        )
         trim_heap()  # the conversion's freed copies go back to the OS before the variants need memory
         remaining = list(self.config.precisions)
         for name in tqdm(self.config.precisions, desc="export", unit="variant"):
@@ -354,6 +357,11 @@ class Exporter:
                 os.remove(tmp)
         write_card(card, card_path(final))
         return card
+
+
+def fusion_notes(model: onnx.ModelProto) -> list[str]:
+    """The fusion report convert() left in a transformer's metadata, as a card note (none for other families)."""
+    return [p.value for p in model.metadata_props if p.key == onnx_export.FUSION_NOTE]
 
 
 def export(

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from vidistill.export.errors import ExportError
 from vidistill.export.serving import serving_function, signature
 from vidistill.export.tf2onnx_lean import function_to_onnx
-from vidistill.teachers.config import HLSTMConfig, ModelConfig, RNNConfig
+from vidistill.teachers.config import HLSTMConfig, ModelConfig, RNNConfig, TransformerConfig
 from vidistill.teachers.recurrent import StackedRNN
 from vidistill.yt8m.files import atomic_write
 
@@ -43,9 +43,14 @@ def unmasked_recurrence(model):
             layer.ignore_mask = False
 
 
-def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelProto:
+FUSION_NOTE = "vidistill_fusion"  # metadata key: what export/fusion.py fused (a transformer network)
+
+
+def convert(network, config: ModelConfig, *, opset: int = OPSET, fuse: bool = True) -> onnx.ModelProto:
     """The network as an ONNX model: inputs frames [batch, frames, 1152] float32 and num_frames [batch] int32,
-    outputs predictions and representation; recurrent layers as fused nodes with sequence lengths."""
+    outputs predictions and representation; recurrent layers as fused nodes with sequence lengths; a transformer's
+    attention, LayerNorm and GELU as fused nodes unless `fuse` is False (export/fusion.py, whose report is kept in
+    the model's metadata under FUSION_NOTE)."""
     with unmasked_recurrence(network) as recurrent:
         proto = function_to_onnx(serving_function(network, config.frames), signature(config.frames), opset=opset)
     unfused = sorted({n.op_type for n in proto.graph.node if n.op_type in UNFUSED_OPS})
@@ -53,6 +58,11 @@ def convert(network, config: ModelConfig, *, opset: int = OPSET) -> onnx.ModelPr
         raise ExportError(f"tf2onnx produced {', '.join(unfused)} nodes instead of fused recurrent nodes")
     if recurrent:
         attach_sequence_lengths(proto, config)
+    if fuse and isinstance(config, TransformerConfig):
+        from vidistill.export.fusion import fuse_transformer
+
+        report = fuse_transformer(proto, config.heads, config.head_size)
+        helper.set_model_props(proto, {FUSION_NOTE: report.note()})
     proto.doc_string = f"vidistill {config.family} network, {config.frames} input frames"
     return proto  # checked by save_model, from the file (a check of the proto would serialize a copy of it)
 
@@ -122,7 +132,14 @@ def save_model(proto: onnx.ModelProto, path: str) -> str:
     checked (onnx.checker) before it takes its name; from the file, so no second copy of the weights is made."""
 
     def checked(tmp: str) -> None:
-        onnx.checker.check_model(tmp)
+        try:
+            onnx.checker.check_model(tmp)
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ExportError(
+                f"the converted ONNX graph is not valid ({first}): tf2onnx could not convert an operation of this "
+                "model; see docs/ARCHITECTURE.md (export) for the operations each family must use"
+            ) from None
 
     with atomic_write(path, "wb", before_rename=checked) as f:
         onnx.save(proto, f)

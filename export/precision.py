@@ -67,6 +67,9 @@ DATA_MOVEMENT = {
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+# ONNX Runtime contrib ops (export/fusion.py) whose output has the type of their first input: typed as if Identity
+SAME_TYPE_CONTRIB_OPS = {"MultiHeadAttention", "Gelu"}
+
 _CHUNK = 1 << 22  # elements converted at a time: the temporaries stay small next to a large weight
 
 
@@ -119,6 +122,11 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor, by shape inference on the graph with its large initializers' values left out
     (their dims and types are what inference reads): a fraction of the model's memory, not copies of it."""
     skeleton = _without_initializers(model)
+    for node in skeleton.graph.node:  # ONNX's inference does not know ONNX Runtime's contrib ops
+        if node.domain == "com.microsoft" and node.op_type in SAME_TYPE_CONTRIB_OPS:
+            node.op_type, node.domain = "Identity", ""
+            del node.input[1:]
+            del node.attribute[:]
     for init in model.graph.initializer:
         if int(np.prod(init.dims)) <= _SKELETON_ELEMENTS:
             skeleton.graph.initializer.add().CopyFrom(init)

@@ -25,6 +25,11 @@ import onnx
 from vidistill.yt8m.errors import ConfigError
 
 
+# ONNX's shape inference gives no type to the outputs of ONNX Runtime's contrib ops (a transformer's fused nodes,
+# export/fusion.py) nor to what is computed from them: the quantizer takes those tensors for float32
+CONTRIB_TYPES = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
 def _quiet() -> None:
     logging.getLogger("root").setLevel(logging.ERROR)  # "Please consider to run pre-processing..." and friends
 
@@ -40,7 +45,14 @@ def quantize_dynamic(model: onnx.ModelProto, *, reduce_range: bool = True) -> on
     with tempfile.TemporaryDirectory() as tmp:
         source, target = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(model, source)
-        ort_quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
+        ort_quantize_dynamic(
+            source,
+            target,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=reduce_range,
+            extra_options=CONTRIB_TYPES,
+        )
         return onnx.load(target)
 
 
@@ -114,7 +126,12 @@ def quantize_static(
                 op_types_to_quantize=["MatMul", "Gemm"],
                 nodes_to_exclude=activation_products(onnx.load(prepared, load_external_data=False)),
                 calibrate_method=CalibrationMethod.Percentile,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.999},
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "CalibPercentile": 99.999,
+                    **CONTRIB_TYPES,
+                },
             )
         if reader.count == 0:
             raise ConfigError("int8-static: the calibration data gave no batch")

@@ -201,3 +201,77 @@ def test_distills_across_families_through_the_projection(synth_data, tmp_path, t
     assert (config.teacher.family, config.student.model.family, config.student.k) == (teacher, student, 6)
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(out / "checkpoints")))
     assert any(name.startswith("projection/") for name in reader.get_variable_to_shape_map())
+
+
+# ------------------------------------------------------------------------------------------------ export
+@pytest.mark.parametrize("streams, pooling", [("concat", "mean"), ("concat", "cls"), ("cross", "max")])
+def test_onnx_fuses_attention_layer_norm_and_gelu_with_parity(streams, pooling):
+    """Every attention block, LayerNorm and GELU becomes one node, and the fused file computes what the unfused one
+    and the Keras model compute, for every length from an empty video to a full one."""
+    import onnxruntime as ort
+
+    from vidistill.export.onnx_export import FUSION_NOTE, convert
+
+    config = dataclasses.replace(TINY, frames=8, streams=streams, pooling=pooling)
+    network = build_model(config)
+    rng = np.random.default_rng(1)  # no weight left at its initial 0 or 1, which grappler would fold away
+    network.set_weights([w + rng.normal(0, 0.1, w.shape).astype(w.dtype) for w in network.get_weights()])
+    fused, unfused = convert(network, config), convert(network, config, fuse=False)
+    counts = lambda model, op: sum(n.op_type == op for n in model.graph.node)  # noqa: E731
+    streams_count, attentions = (2, 2) if streams == "cross" else (1, 1)
+    assert counts(fused, "MultiHeadAttention") == streams_count * attentions * config.layers
+    assert counts(fused, "LayerNormalization") == streams_count * (1 + (attentions + 1) * config.layers)
+    assert counts(fused, "Gelu") == streams_count * config.layers
+    assert counts(fused, "Softmax") == 0 and counts(fused, "Erf") == 0
+    assert counts(unfused, "MultiHeadAttention") == 0 and counts(unfused, "Softmax") > 0
+    note = {p.key: p.value for p in fused.metadata_props}[FUSION_NOTE]
+    assert note.startswith("fused transformer nodes: MultiHeadAttention") and "0/" not in note
+    frames = _videos(9, 8, seed=3)
+    num_frames = np.arange(9, dtype="int32")
+    frames[np.arange(8)[None] >= num_frames[:, None]] = 0
+    feed = {"frames": frames, "num_frames": num_frames}
+    reference = network(feed)
+    for model in (fused, unfused):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+        for key in ("predictions", "representation"):
+            # the empty video (row 0) aside: its keys are all masked, where ONNX Runtime's kernel and Keras round
+            # the -10000 differently
+            np.testing.assert_allclose(outputs[key][1:], reference[key].numpy()[1:], atol=2e-5)
+
+
+@pytest.mark.slow
+def test_every_precision_exports_with_parity_and_accuracy(synth_data, tmp_path):
+    """A trained tiny transformer student through `vidistill export`: every ONNX precision and TF SavedModel passes
+    its parity and accuracy gates on 120 held-out videos, the fused nodes are in the fp32, fp16 and int8-dynamic
+    files, and int8-dynamic quantizes the matrix products."""
+    import onnx
+
+    from vidistill.cli import main
+    from vidistill.distill.finetune import finetune
+    from vidistill.export.card import read_card
+    from vidistill.export.config import PRECISIONS
+    from vidistill.students.convert import save_student
+    from vidistill.students.student import build_student, student_config
+
+    data = synth_data(videos=300, heldout=120, classes=5, min_frames=30, max_frames=40, seed=5)
+    config = student_config(
+        TransformerConfig(num_classes=5, frames=40, layers=2, heads=2, head_size=8, head=HeadConfig(mixtures=2)), k=10
+    )
+    untrained = save_student(build_student(config), config, str(tmp_path / "untrained"))
+    student = finetune(
+        untrained, data.train, str(tmp_path / "student"), steps=150, batch_size=16, learning_rate=1e-2, progress=False
+    )
+    out = tmp_path / "onnx"
+    argv = ["export", student, "--out", str(out), "--eval-data", data.heldout, "--calibration-data", data.train]
+    assert main(argv + ["--calibration-batches", "2", "--qat-steps", "3", "--batch-size", "16"]) == 0
+    for name in PRECISIONS:
+        card = read_card(str(out / f"{name}.json"))
+        assert card.parity.passed and card.accuracy.videos == 120, (name, card.parity)
+        assert card.accuracy.reference_gap - card.accuracy.gap <= card.tolerance.gap_drop
+    assert read_card(str(out / "fp32.json")).parity.max_abs <= 1e-5
+    assert read_card(str(out / "fp32.json")).notes[0].startswith("fused transformer nodes")
+    for name in ("fp32", "fp16", "int8-dynamic"):
+        ops = {n.op_type for n in onnx.load(str(out / f"{name}.onnx")).graph.node}
+        assert {"MultiHeadAttention", "LayerNormalization", "Gelu"} <= ops, name
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(out / "int8-dynamic.onnx")).graph.node}

@@ -45,6 +45,11 @@ def add_arguments(parser) -> None:
         help="int8 weights over [-127, 127] instead of 7 bits: only for CPUs with VNNI / AMX and GPUs (on other x86 "
         "CPUs ONNX Runtime's int8 products can saturate)",
     )
+    parser.add_argument(
+        "--unfused",
+        action="store_true",
+        help="keep a transformer's attention, LayerNorm and GELU as tf2onnx wrote them (to measure the fusion)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     add_skip_bad_records(parser)
 
@@ -67,6 +72,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         qat_steps=args.qat_steps,
         reduce_range=not args.full_int8_range,
+        fuse=not args.unfused,
     )
     source = export_source(args.model, args.which)
     bad_records = bad_records_for(args)
