@@ -13,6 +13,7 @@ from vidistill.distill.losses import LossWeights
 from vidistill.distill.modes import Mode
 from vidistill.students.student import StudentConfig
 from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields, read_mapping
+from vidistill.yt8m.constants import SEGMENT_FRAMES
 from vidistill.yt8m.files import atomic_write
 from vidistill.yt8m.errors import ConfigError
 
@@ -23,13 +24,16 @@ MODES = tuple(mode.value for mode in Mode)
 class DataConfig:
     train: str = ""  # glob(s) of frame-level training records
     eval: str = ""  # glob(s) of held-out records ("" = no periodic evaluation)
-    max_frames: int = 300
+    max_frames: int = 300  # frames read per video (the models' input length, except in a segments run)
     batch_size: int = 32
     eval_batch_size: int = 64
     shuffle_buffer: int = 256  # videos (a full-length video is 1.4 MB of float32 frames)
-    eval_videos: int = 0  # held-out videos per periodic evaluation (0 = all)
+    eval_videos: int = 0  # held-out videos per periodic evaluation (0 = all; a segments run: every rated segment)
     skip_bad_records: bool = False  # skip (print and count) bad records instead of stopping at the first
     deterministic: bool = False  # the same batches in the same order on every run (reproducible; a slower reader)
+    # train on the rated 5-frame segments of 2019-style records, only the rated classes in the loss (their label
+    # weights); evaluate segment MAP. The models take one segment (distill/segments.py)
+    segments: bool = False
 
 
 @dataclass
@@ -49,6 +53,7 @@ class TrainConfig:
     student: StudentConfig | None = None
     teacher_run: str = ""  # serial mode (and optional for finetune): a trained teacher's run directory
     init_student: str = ""  # finetune: a converted student directory to start from
+    init: str = ""  # a run directory whose weights (best checkpoint, else last) start this run's models
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossWeights = field(default_factory=LossWeights)  # the student's loss weights (distill/losses.py)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -124,7 +129,16 @@ class TrainConfig:
         }.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
-        if self.teacher and self.teacher.frames != self.data.max_frames:
+        if self.init and self.init_student:
+            raise ConfigError("init (a run) and init_student (a converted student) both start the models: pass one")
+        if self.data.segments:
+            # videos are read at data.max_frames; the models take one 5-frame segment, padded to their length
+            if self.teacher and self.teacher.frames < SEGMENT_FRAMES:
+                raise ConfigError(
+                    f"data.segments: the teacher takes {self.teacher.frames} frames, fewer than a segment's "
+                    f"{SEGMENT_FRAMES}: build it for {SEGMENT_FRAMES} (distill/segments.py: segment_model_config)"
+                )
+        elif self.teacher and self.teacher.frames != self.data.max_frames:
             raise ConfigError(
                 f"the teacher takes {self.teacher.frames} frames but data.max_frames is {self.data.max_frames}: "
                 "set them equal"

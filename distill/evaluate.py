@@ -12,7 +12,9 @@ from vidistill.distill.losses import cross_entropy
 from vidistill.teachers.inference import predictions_of
 from vidistill.yt8m.metrics import VideoMetrics
 from vidistill.yt8m.errors import ConfigError
+from vidistill.yt8m.constants import SEGMENT_FRAMES
 from vidistill.yt8m.readers import BadRecords, data_errors, read_frame_dataset
+from vidistill.yt8m.segment_windows import average_windows, check_shifts, cut_windows, window_rows
 
 
 def _records(pattern: str, num_classes: int, max_frames: int, batch_size: int, bad_records, **options):
@@ -84,24 +86,54 @@ def evaluate_model(
     return result
 
 
-def _fit_frames(frames, num_frames, length: int):
-    """Pads (or cuts) a batch of frame sequences to the model's input length; num_frames keeps the real count."""
+def model_frames(model) -> int | None:
+    """The input length T of `model`'s "frames" [B, T, 1152], or None for a model that takes any length (a
+    student, which selects its k frames from whatever it is given)."""
+    inputs = model.input
+    return (inputs["frames"] if isinstance(inputs, dict) else inputs[0]).shape[1]
+
+
+def _fit_frames(frames, num_frames, length: int | None):
+    """Pads (or cuts) a batch of frame sequences to the model's input length (None: as they are); num_frames
+    keeps the real count."""
+    if length is None:
+        return frames, num_frames
     pad = tf.maximum(length - tf.shape(frames)[1], 0)
     frames = tf.pad(frames, [[0, 0], [0, pad], [0, 0]])[:, :length]
     return frames, tf.minimum(num_frames, length)
 
 
+def window_scores(model, windows, counts) -> np.ndarray:
+    """Each segment's score [N, C]: the model's predictions of its windows [N, S, 5, 1152] (real frames
+    `counts` [N, S]), fed at the model's own input length, averaged over the windows that hold a real frame
+    (yt8m/segment_windows.py)."""
+    n, shifts = windows.shape[0], windows.shape[1]
+    frames = tf.reshape(windows, [-1, *windows.shape[2:]])
+    frames, real = _fit_frames(frames, tf.reshape(counts, [-1]), model_frames(model))
+    scores = predictions_of(model, frames, real).numpy()
+    return average_windows(scores.reshape(n, shifts, -1), np.asarray(counts).reshape(n, shifts))
+
+
 def rated_segment_predictions(
-    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, bad_records=None
+    model,
+    pattern: str,
+    *,
+    num_classes: int,
+    max_frames: int,
+    batch_size: int = 64,
+    bad_records=None,
+    shifts: tuple[int, ...] = (0,),
 ):
     """(segment ids "vid:start", predictions [S, C], labels [S, C], label_weights [S, C]) of the rated segments of
-    2019-style records: each segment's 5 frames go through the model as a short video."""
-    ds = _records(pattern, num_classes, max_frames, batch_size, bad_records, segment_labels=True)
+    2019-style records (videos read at `max_frames`): each segment's 5 frames go through the model as a short
+    video; with `shifts` (test-time augmentation) its score is the mean over its windows shifted by each shift,
+    clipped to the video's frames (yt8m/segment_windows.py)."""
+    shifts = check_shifts(shifts)
+    ds = _records(pattern, num_classes, max_frames, batch_size, bad_records, segment_labels=True, segment_shifts=shifts)
     ids, scores, labels, weights = [], [], [], []
     with data_errors():
         for batch in ds:
-            frames, counts = _fit_frames(batch["frames"], batch["num_frames"], max_frames)
-            scores.append(predictions_of(model, frames, counts).numpy())
+            scores.append(window_scores(model, batch["frames"], batch["num_frames"]))
             ids += [f"{v.decode()}:{s}" for v, s in zip(batch["id"].numpy(), batch["segment_start"].numpy())]
             labels.append(batch["labels"].numpy())
             weights.append(batch["label_weights"].numpy())
@@ -111,13 +143,27 @@ def rated_segment_predictions(
 
 
 def evaluate_segments(
-    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, bad_records=None
+    model,
+    pattern: str,
+    *,
+    num_classes: int,
+    max_frames: int,
+    batch_size: int = 64,
+    bad_records=None,
+    shifts: tuple[int, ...] = (0,),
 ) -> dict:
-    """The Kaggle 2019 segment MAP@100000 over the rated segments (only rated classes are ranked)."""
+    """The Kaggle 2019 segment MAP@100000 over the rated segments (only rated classes are ranked); `shifts`: as
+    in `rated_segment_predictions`."""
     from vidistill.yt8m.segment_metrics import segment_map
 
     ids, scores, labels, weights = rated_segment_predictions(
-        model, pattern, num_classes=num_classes, max_frames=max_frames, batch_size=batch_size, bad_records=bad_records
+        model,
+        pattern,
+        num_classes=num_classes,
+        max_frames=max_frames,
+        batch_size=batch_size,
+        bad_records=bad_records,
+        shifts=shifts,
     )
     truth: dict[int, dict[str, float]] = {}
     for row, col in zip(*np.nonzero(weights)):
@@ -127,24 +173,33 @@ def evaluate_segments(
 
 
 def all_segment_predictions(
-    model, pattern: str, *, num_classes: int, max_frames: int, batch_size: int = 64, bad_records=None
+    model,
+    pattern: str,
+    *,
+    num_classes: int,
+    max_frames: int,
+    batch_size: int = 64,
+    bad_records=None,
+    shifts: tuple[int, ...] = (0,),
 ):
     """(segment ids, predictions [S, C]) for every 5-frame chunk (starts 0, 5, 10, ...) of every video, as the
-    official segment inference cuts them (the last partial chunk zero-padded)."""
-    from vidistill.yt8m.constants import SEGMENT_FRAMES
-
+    official segment inference cuts them (the last partial chunk zero-padded); `shifts`: each chunk's windows as
+    in `rated_segment_predictions`, so that a rated segment gets the same score in both."""
+    shifts = check_shifts(shifts)
     ds = _records(pattern, num_classes, max_frames, batch_size, bad_records)
-    chunks = -(-max_frames // SEGMENT_FRAMES)
+    starts = np.arange(0, max_frames, SEGMENT_FRAMES)
     ids, scores = [], []
     with data_errors():
         for batch in ds:
-            frames = tf.pad(batch["frames"], [[0, 0], [0, chunks * SEGMENT_FRAMES - max_frames], [0, 0]])
-            frames = tf.reshape(frames, [-1, SEGMENT_FRAMES, frames.shape[-1]])
-            starts = np.arange(chunks) * SEGMENT_FRAMES
-            real = np.clip(batch["num_frames"].numpy()[:, None] - starts[None, :], 0, SEGMENT_FRAMES).reshape(-1)
-            keep = np.flatnonzero(real > 0)
-            segment_frames, counts = _fit_frames(tf.gather(frames, keep), tf.constant(real[keep], tf.int32), max_frames)
-            scores.append(predictions_of(model, segment_frames, counts).numpy())
-            videos = [v.decode() for v in batch["id"].numpy()]
-            ids += [f"{videos[i // chunks]}:{starts[i % chunks]}" for i in keep]
+            frames, num_frames = batch["frames"], batch["num_frames"].numpy()
+            video, chunk = np.nonzero(starts[None, :] < num_frames[:, None])  # chunks with a real frame
+            length = frames.shape[1]
+            rows, counts = window_rows(starts[chunk], num_frames[video], shifts, length)
+            rows += tf.constant(video[:, None, None] * length, tf.int32)  # into the batch's frames, flattened
+            windows = cut_windows(tf.reshape(frames, [-1, frames.shape[-1]]), rows, counts)
+            for first in range(0, len(video), batch_size):
+                part = slice(first, first + batch_size)
+                scores.append(window_scores(model, windows[part], counts[part]))
+            names = [v.decode() for v in batch["id"].numpy()]
+            ids += [f"{names[v]}:{starts[c]}" for v, c in zip(video, chunk)]
     return ids, np.concatenate(scores)

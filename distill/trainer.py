@@ -25,10 +25,12 @@ import tf_keras as keras
 from vidistill.distill.config import TrainConfig, load_train_config, save_train_config
 from vidistill.distill.distiller import Distiller
 from vidistill.distill.optimizer import FusedAdam
+from vidistill.distill.warm_start import check_init, restore_init
 from vidistill.students.convert import load_student_weights
 from vidistill.students.student import RepresentationProjection, build_student
 from vidistill.teachers.registry import build_model
-from vidistill.yt8m.readers import BadRecords, list_files, read_frame_dataset
+from vidistill.yt8m.constants import SEGMENT_FRAMES
+from vidistill.yt8m.readers import BadRecords, list_files, read_frame_dataset, require_segment_ratings
 from vidistill.yt8m.errors import ConfigError, UserError
 from vidistill.yt8m.memory import require_memory
 
@@ -142,17 +144,20 @@ def _step_dequantizes() -> bool:
 
 def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """Shuffled, repeated forever; under several workers each keeps every n-th batch (auto-shard by data). Where
-    no teacher runs, only the student's k frames are decoded; see also `_step_dequantizes`."""
-    alone = config.student if not config.mode.has_teacher else None
+    no teacher runs, only the student's k frames are decoded; see also `_step_dequantizes`. A segments run reads
+    the rated 5-frame segments (with their label weights), padded to the teacher's length where it takes more."""
+    segments = config.data.segments
+    alone = config.student if not config.mode.has_teacher and not segments else None
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return read_frame_dataset(
+    dataset = read_frame_dataset(
         config.data.train,
         num_classes=config.num_classes,
         max_frames=config.data.max_frames,
         batch_size=config.data.batch_size,
         shuffle=True,
         shuffle_buffer=config.data.shuffle_buffer,
+        segment_labels=segments,
         num_epochs=None,
         drop_remainder=True,
         seed=config.seed,
@@ -160,7 +165,15 @@ def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -
         bad_records=bad_records,
         select=alone.frames_to_decode(training=True) if alone is not None else None,
         dequantize=not _step_dequantizes(),
-    ).with_options(options)
+    )
+    length = config.teacher.frames if segments and config.mode.has_teacher else SEGMENT_FRAMES
+    if length > SEGMENT_FRAMES:  # a family that keeps its frame count for segments (distill/segments.py)
+        dataset = dataset.map(lambda batch: {**batch, "frames": _padded(batch["frames"], length)})
+    return dataset.with_options(options)
+
+
+def _padded(frames, length: int):
+    return tf.pad(frames, [[0, 0], [0, length - frames.shape[1]], [0, 0]])
 
 
 BAR_TERMS = ("loss", "teacher_ce", "ce")  # what the progress bar shows; every term goes to TensorBoard
@@ -375,14 +388,20 @@ class Run:
                     f"{run_dir} was started with another configuration; resume it with its own config.yaml "
                     "(only --steps may change)"
                 )
-        for pattern in (config.data.train, config.data.eval):
+        for option, pattern in (("--data", config.data.train), ("--eval-data", config.data.eval)):
             if pattern:
                 list_files(pattern)  # a data pattern that matches nothing fails before the run directory exists
+                if config.data.segments:
+                    require_segment_ratings(pattern, f"--segments ({option})")
+        if fresh and config.init:
+            check_init(config)  # the init run, its families and class counts, before anything is built
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope(), _precision(config.mixed_precision):
             self.models = build_models(config)
             if config.mode.restores_teacher:
                 restore_models(Models(self.models.teacher, None, None), config.teacher_run)
+            if fresh and config.init:
+                restore_init(self.models, config)
             if config.init_student:
                 load_student_weights(self.models.student, config.init_student)
             self.optimizer = _optimizer(config)
@@ -414,7 +433,7 @@ class Run:
         self.best_manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(checkpoint_dir, BEST), max_to_keep=1
         )
-        self.best_gap = _best_gap(run_dir)
+        self.best_score = _best_score(run_dir, _key_metric(config))
         _remove_partial_checkpoints(self.manager.directory)
         if resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
@@ -494,38 +513,51 @@ class Run:
         ).save(checkpoint_number=self.step)
         if self.config.data.eval:
             metrics = self.evaluate_and_keep_best(self.step, tag="averaged")
-            print(f"average of the last {len(paths)} checkpoints: held-out GAP {metrics['gap']:.4f}")
+            key = _key_metric(self.config)
+            print(f"average of the last {len(paths)} checkpoints: held-out {key} {metrics[key]:.4f}")
         return averaged
 
     def evaluate_and_keep_best(self, step: int, tag: str = "") -> dict:
-        from vidistill.distill.evaluate import evaluate_model
-
+        """Evaluates the run's student (else its teacher) on data.eval (a segments run: segment MAP, as
+        "segment_map"), logs it, and saves the best checkpoint by GAP (segment MAP)."""
         self.last_eval_step = step
-
         model = self.models.student if self.models.student is not None else self.models.teacher
-        student = self.config.student if self.models.student is not None else None
-        metrics = evaluate_model(
-            model,
-            self.config.data.eval,
-            num_classes=self.config.num_classes,
-            max_frames=self.config.data.max_frames,
-            batch_size=self.config.data.eval_batch_size,
-            max_videos=self.config.data.eval_videos,
-            bad_records=self.bad_records,
-            select=student.frames_to_decode() if student is not None else None,
-        )
+        metrics = self._evaluate(model, student=self.models.student is not None)
+        key = _key_metric(self.config)
         # every worker evaluates (same weights, same data: the same decision below, so that all of them take
         # part in the same checkpoint saves); only the chief writes files
         if self.is_chief:
             writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "logs", "eval"))
             with writer.as_default():
-                for name in ("gap", "map", "hit_at_one", "perr"):
-                    tf.summary.scalar(f"{tag or 'last'}/{name}", metrics[name], step=step)
+                for name in ("gap", "map", "hit_at_one", "perr", "segment_map"):
+                    if name in metrics:
+                        tf.summary.scalar(f"{tag or 'last'}/{name}", metrics[name], step=step)
         self._write_line("metrics.jsonl", {"step": step, **({"checkpoint": tag} if tag else {}), **metrics})
-        if self.best_gap is None or metrics["gap"] > self.best_gap:
-            self.best_gap = metrics["gap"]
+        if self.best_score is None or metrics[key] > self.best_score:
+            self.best_score = metrics[key]
             self.best_manager.save(checkpoint_number=step)
         return metrics
+
+    def _evaluate(self, model, *, student: bool) -> dict:
+        from vidistill.distill.evaluate import evaluate_model, evaluate_segments
+
+        config = self.config
+        common = dict(
+            num_classes=config.num_classes,
+            max_frames=config.data.max_frames,
+            batch_size=config.data.eval_batch_size,
+            bad_records=self.bad_records,
+        )
+        if config.data.segments:
+            result = evaluate_segments(model, config.data.eval, **common)
+            return {"segment_map": result.pop("map"), **result}
+        return evaluate_model(
+            model,
+            config.data.eval,
+            max_videos=config.data.eval_videos,
+            select=config.student.frames_to_decode() if student else None,
+            **common,
+        )
 
     def summary(self) -> dict:
         path = os.path.join(self.run_dir, "metrics.jsonl")
@@ -551,9 +583,15 @@ def train(
     return Run(config, run_dir, resume=resume, overwrite=overwrite).train(progress=progress)
 
 
-def _best_gap(run_dir: str) -> float | None:
+def _key_metric(config: TrainConfig) -> str:
+    """What picks the best checkpoint: held-out GAP, or segment MAP in a segments run."""
+    return "segment_map" if config.data.segments else "gap"
+
+
+def _best_score(run_dir: str, key: str) -> float | None:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return None
-    gaps = [json.loads(line)["gap"] for line in open(path) if line.strip()]
-    return max(gaps) if gaps else None
+    scores = [json.loads(line).get(key) for line in open(path) if line.strip()]
+    scores = [score for score in scores if score is not None]
+    return max(scores) if scores else None

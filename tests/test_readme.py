@@ -98,6 +98,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     assert (
         main(
             ["synth", "--out", "yt8m/frame", "--videos", "24", "--heldout", "12", "--classes", "3862", "--workers", "1"]
+            + ["--segments"]  # segment-rated, as the 2019 validate files: the segment commands run too
         )
         == 0
     )

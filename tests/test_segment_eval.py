@@ -1,4 +1,5 @@
-"""2019 segment mode end to end: eval --segments equals predict --segments then score --segments."""
+"""2019 segment mode end to end: eval --segments equals predict --segments then score --segments (also with
+shift test-time augmentation, --shift -1,0,1)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def test_segment_eval_agrees_with_predict_then_score(tmp_path, capsys, synth_dat
     # every 5-frame chunk of every held-out video is in the CSV (ids vid:start, starts multiples of 5)
     ids = lines[1].split(",")[1].split()
     assert all(int(i.split(":")[1]) % 5 == 0 for i in ids) and len(set(ids)) == len(ids)
+    # shift test-time augmentation: the same windows, the same averages, in both
+    shifted = {}
+    for command in ("eval", "predict"):
+        out = ["--out", str(tmp_path / "shifted.csv")] if command == "predict" else ["--json"]
+        capsys.readouterr()
+        assert main([command, str(run), "--data", held_out, "--segments", "--shift", "-1,0,1", *out]) == 0
+        shifted[command] = capsys.readouterr().out
+    argv = ["score", "--predictions", str(tmp_path / "shifted.csv"), "--data", held_out, "--segments"]
+    assert main([*argv, "--num-classes", "4", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored == json.loads(shifted["eval"]) and 0.0 < scored["map"] <= 1.0
+    assert (tmp_path / "shifted.csv").read_text() != csv.read_text()  # the shifts changed the scores

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE, SEGMENT_FRAMES
+from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SIZE
 from vidistill.yt8m.errors import ConfigError, DataError
 from vidistill.yt8m.quantize import dequantize_frames
+from vidistill.yt8m.segment_windows import check_shifts, cut_windows, window_rows
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
 _MESSAGE_TAG = "yt8m-data-error"
@@ -332,7 +333,10 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
         checks.append(
             (
                 tf.size(starts) > 0,
-                lambda: tf.constant("has no segment_start_times: segment mode needs segment-rated (2019) data"),
+                lambda: tf.constant(
+                    "has no segment_start_times: segment mode (--segments) needs segment-rated (2019-style) records, "
+                    "such as the official validate files or those of `vidistill synth --segments`"
+                ),
             )
         )
         checks.append(
@@ -379,18 +383,19 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
     return valid, video
 
 
-def _cut_segments(video, num_classes: int, max_frames: int):
-    """One video -> a dataset of its rated 5-frame segments (one per unique start time)."""
+def _cut_segments(video, num_classes: int, max_frames: int, shifts: tuple[int, ...] | None):
+    """One video -> a dataset of its rated 5-frame segments (one per unique start time); with `shifts`, each
+    segment's windows shifted by each of them (segment_windows.py: clipped to the video's frames)."""
     starts, seg_labels, scores = video["segments"]
     unique_starts, which = tf.unique(starts)
     count = tf.size(unique_starts)
-    padded = tf.pad(video["frames"], [[0, SEGMENT_FRAMES], [0, 0]])
-    offsets = tf.cast(unique_starts, tf.int32)[:, None] + tf.range(SEGMENT_FRAMES)[None, :]
-    frames = tf.gather(padded, offsets)
+    rows, num_real = window_rows(unique_starts, video["num_frames"], shifts or (0,), max_frames)
+    frames = cut_windows(video["frames"], rows, num_real)  # [N, S, 5, D]
+    if shifts is None:
+        frames, num_real = frames[:, 0], num_real[:, 0]
     pairs = tf.stack([tf.cast(which, tf.int64), seg_labels], axis=1)
     labels = tf.scatter_nd(pairs, scores, [tf.cast(count, tf.int64), num_classes])
     weights = tf.minimum(tf.scatter_nd(pairs, tf.ones_like(scores), [tf.cast(count, tf.int64), num_classes]), 1.0)
-    num_real = tf.clip_by_value(video["num_frames"] - tf.cast(unique_starts, tf.int32), 0, SEGMENT_FRAMES)
     return tf.data.Dataset.from_tensor_slices(
         {
             "id": tf.fill([count], video["id"]),
@@ -412,6 +417,7 @@ def read_frame_dataset(
     shuffle: bool = False,
     shuffle_buffer: int = 1024,
     segment_labels: bool = False,
+    segment_shifts: tuple[int, ...] | None = None,
     num_epochs: int | None = 1,
     drop_remainder: bool = False,
     deterministic: bool = False,
@@ -431,7 +437,10 @@ def read_frame_dataset(
     (e.g. a student's `students.selection.selection_indices`): "frames" is then [B, k, 1152], "num_frames" the
     counts. With `segment_labels=True` (2019 data) each rated
     5-frame segment is an element: {"id", "segment_start", "frames" [B, 5, 1152], "num_frames" (real frames in
-    the segment), "labels" (segment scores at the rated classes), "label_weights" (1 at rated classes)}.
+    the segment), "labels" (segment scores at the rated classes), "label_weights" (1 at rated classes)}; shuffled,
+    the segments are shuffled again (`shuffle_buffer` segments), since a video's segments come out together.
+    `segment_shifts` (e.g. (-1, 0, 1), segment mode only) gives each segment its windows shifted by each shift
+    instead, clipped to the video's frames (segment_windows.py): "frames" [B, S, 5, 1152], "num_frames" [B, S].
     `deterministic=True` gives the same order on every run (seed 0 unless `seed` is given); `num_epochs=None`
     repeats forever. Bad records raise (naming file and record) unless `bad_records` is given.
     """
@@ -439,6 +448,10 @@ def read_frame_dataset(
         raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
     if select is not None and segment_labels:
         raise ConfigError("segment_labels cuts 5-frame segments from whole videos: it takes no frame selection")
+    if segment_shifts is not None:
+        if not segment_labels:
+            raise ConfigError("segment_shifts shifts the windows of rated segments: pass segment_labels=True")
+        segment_shifts = check_shifts(segment_shifts, "segment_shifts")
     reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
     parse = functools.partial(
         _parse_frame_record,
@@ -450,7 +463,9 @@ def read_frame_dataset(
     )
     ds = _valid_videos(reading, parse, bad_records)
     if segment_labels:
-        ds = ds.flat_map(lambda video: _cut_segments(video, num_classes, max_frames))
+        ds = ds.flat_map(lambda video: _cut_segments(video, num_classes, max_frames, segment_shifts))
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=(seed or 0) if deterministic else seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if dequantize:
         ds = ds.map(_dequantized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -458,7 +473,11 @@ def read_frame_dataset(
 
 
 def _dequantized(batch):
-    return {**batch, "frames": dequantize_frames(batch["frames"], batch["num_frames"])}
+    codes, counts = batch["frames"], batch["num_frames"]
+    if codes.shape.rank == 4:  # shifted segment windows [B, S, 5, D]
+        flat = dequantize_frames(tf.reshape(codes, [-1, *codes.shape[2:]]), tf.reshape(counts, [-1]))
+        return {**batch, "frames": tf.reshape(flat, tf.shape(codes))}
+    return {**batch, "frames": dequantize_frames(codes, counts)}
 
 
 # ---------------------------------------------------------------------------------------------- video level
@@ -605,6 +624,26 @@ def read_ground_truth(pattern: str, *, num_classes: int = NUM_CLASSES) -> Ground
             for start, label, score in zip(starts, seg_labels, scores):
                 segments.setdefault(label, {})[f"{video}:{start}"] = score
     return GroundTruth(labels, segments)
+
+
+def require_segment_ratings(pattern: str, what: str = "segment mode") -> None:
+    """A DataError naming the file when the first record of `pattern` holds no segment ratings (a quick check
+    before a long read: every record is checked again as it is read)."""
+    first = list_files(pattern)[0]
+    record = next(iter(tf.data.TFRecordDataset(first).take(1)), None)
+    if record is None:
+        raise DataError(f"{first}: holds no record")
+    try:
+        context = tf.train.SequenceExample.FromString(record.numpy()).context.feature
+    except Exception as e:  # noqa: BLE001 - any protobuf failure means the same to the user
+        raise DataError(f"record 0 of {first}: not a YouTube-8M record ({e})") from None
+    starts = context["segment_start_times"].int64_list.value if "segment_start_times" in context else []
+    if not starts:
+        raise DataError(
+            f"record 0 of {first}: has no segment ratings (segment_start_times / segment_labels / segment_scores): "
+            f"{what} needs segment-rated (2019-style) records, such as the official validate files or those of "
+            "`vidistill synth --segments`"
+        )
 
 
 def detect_format(pattern: str) -> str:

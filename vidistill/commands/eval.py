@@ -1,11 +1,12 @@
 """Evaluate a run (its student, or --which teacher) or a converted student on labeled frame-level records:
-Hit@1, PERR, GAP@20, mAP; with --segments the Kaggle 2019 segment MAP on segment-rated records."""
+Hit@1, PERR, GAP@20, mAP; with --segments the Kaggle 2019 segment MAP on segment-rated records (--shift: shift
+test-time augmentation)."""
 
 from __future__ import annotations
 
 import json
 
-from vidistill.commands.options import add_skip_bad_records, bad_records_for, report_bad_records
+from vidistill.commands.options import add_shift, add_skip_bad_records, bad_records_for, report_bad_records, shifts_for
 
 HELP = "evaluate a run or a converted student: Hit@1, PERR, GAP, mAP"
 
@@ -14,6 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("model", help="run directory or converted student directory")
     parser.add_argument("--data", required=True, help="labeled frame-level records (glob)")
     parser.add_argument("--segments", action="store_true", help="segment MAP on 2019-style segment-rated records")
+    add_shift(parser)
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true")
@@ -26,6 +28,7 @@ def run(args) -> int:
     from vidistill.distill.evaluate import evaluate_model, evaluate_segments
     from vidistill.distill.runs import load_model
 
+    shifts = shifts_for(args)
     loaded = load_model(args.model, args.which)
     bad_records = bad_records_for(args)
     evaluate = evaluate_segments if args.segments else evaluate_model
@@ -36,7 +39,7 @@ def run(args) -> int:
         max_frames=loaded.max_frames,
         batch_size=args.batch_size,
         bad_records=bad_records,
-        **({} if args.segments else {"select": loaded.select}),
+        **({"shifts": shifts} if args.segments else {"select": loaded.select}),
     )
     if args.json:
         print(json.dumps(result, indent=2))

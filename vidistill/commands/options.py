@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from vidistill.yt8m.errors import ConfigError
+
 
 def add_skip_bad_records(parser) -> None:
     parser.add_argument(
@@ -23,3 +27,28 @@ def bad_records_for(args):
 def report_bad_records(bad_records) -> None:
     if bad_records is not None:
         print(bad_records.summary())
+
+
+SHIFT_HELP = (
+    "with --segments: shift test-time augmentation, e.g. -1,0,1: each segment's score is the mean of the model's "
+    "scores of its 5-frame window shifted by each shift (frames [start+s, start+s+5)), clipped at the video's ends "
+    "(a shifted window keeps only the frames inside the video, the model masks the rest; np.roll would wrap "
+    "around); a window left with no frame is left out. |s| <= 4, each shift once. Default 0: the segment itself"
+)
+
+
+def add_shift(parser) -> None:
+    """--shift LIST (segment test-time augmentation). A value such as -1,0,1 starts with "-": argparse takes it
+    for an option unless it looks like a negative number, so this parser's notion of one also covers lists."""
+    parser.add_argument("--shift", default="0", metavar="S,S,...", help=SHIFT_HELP)
+    parser._negative_number_matcher = re.compile(r"^-\d+(,-?\d+)*$|^-\d*\.\d+$")
+
+
+def shifts_for(args) -> tuple[int, ...]:
+    """The shifts of --shift (ConfigError naming it when bad, or given without --segments)."""
+    from vidistill.yt8m.segment_windows import parse_shifts
+
+    shifts = parse_shifts(args.shift)
+    if shifts != (0,) and not args.segments:
+        raise ConfigError("--shift shifts the windows of 5-frame segments: pass --segments as well")
+    return shifts

@@ -1,10 +1,11 @@
 """Predict with a run or a converted student and write the official video-level CSV
 (VideoId,LabelConfidencePairs, top 20), or with --segments the Kaggle 2019 segment CSV (Class,Segments: every
-5-frame chunk of every video, ranked per class); `vidistill score` of that CSV agrees with `vidistill eval`."""
+5-frame chunk of every video, ranked per class; --shift: shift test-time augmentation); `vidistill score` of that
+CSV agrees with `vidistill eval` (given the same --shift)."""
 
 from __future__ import annotations
 
-from vidistill.commands.options import add_skip_bad_records, bad_records_for, report_bad_records
+from vidistill.commands.options import add_shift, add_skip_bad_records, bad_records_for, report_bad_records, shifts_for
 
 HELP = "write the official video-level predictions CSV"
 
@@ -14,6 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="frame-level records (glob)")
     parser.add_argument("--out", required=True, help="CSV to write")
     parser.add_argument("--segments", action="store_true", help="write the Class,Segments CSV")
+    add_shift(parser)
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     add_skip_bad_records(parser)
@@ -26,6 +28,7 @@ def run(args) -> int:
     from vidistill.distill.runs import load_model
     from vidistill.yt8m.submission import write_video_predictions
 
+    shifts = shifts_for(args)
     loaded = load_model(args.model, args.which)
     bad_records = bad_records_for(args)
     if args.segments:
@@ -39,6 +42,7 @@ def run(args) -> int:
             max_frames=loaded.max_frames,
             batch_size=args.batch_size,
             bad_records=bad_records,
+            shifts=shifts,
         )
         write_segment_predictions(args.out, ids, scores)
         print(f"wrote segment predictions for {len(ids)} segments to {args.out}")

@@ -20,6 +20,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--teacher", help="teacher preset or model config file")
     parser.add_argument("--student", help="student backbone preset or config file (default: the teacher's family)")
     parser.add_argument("--teacher-run", help="a trained teacher's run directory (serial mode)")
+    parser.add_argument(
+        "--init",
+        metavar="RUN",
+        help="start from this run's weights (its best checkpoint, else its last; a fresh optimizer). Without "
+        "--teacher/--student/--mode the new run takes RUN's models: a teacher-only run's teacher, else (student, "
+        "parallel or serial runs) its student alone; --mode teacher / student / parallel picks RUN's teacher, "
+        "student, or both. Each must be of RUN's family and class count",
+    )
+    parser.add_argument(
+        "--segments",
+        action="store_true",
+        help="train on the rated 5-frame segments of 2019-style segment-rated records (--data and --eval-data), "
+        "only the rated classes in the loss, evaluating segment MAP; the models are built for one 5-frame "
+        "segment with the same weights (distill/segments.py), videos are read at data.max_frames",
+    )
     parser.add_argument("--frames", type=int, help="k: frames the student sees")
     parser.add_argument("--selection", default=None, help="uniform, random, first, middle, last, fml")
     parser.add_argument("--width", type=float, default=None, help="student width factor (default 1)")
@@ -37,6 +52,8 @@ def resolve_config(args):
     """The TrainConfig of the config file (or defaults) with the flags applied."""
     from vidistill.distill.config import TrainConfig, load_train_config
     from vidistill.distill.modes import Mode
+    from vidistill.distill.segments import segment_train_config
+    from vidistill.distill.warm_start import default_mode, init_run_config
     from vidistill.students.student import student_config
     from vidistill.teachers.presets import resolve
 
@@ -44,6 +61,15 @@ def resolve_config(args):
         config = load_train_config(args.out)
     else:
         config = load_train_config(args.config) if args.config else TrainConfig()
+    if args.segments:
+        config.data.segments = True
+    student_flags = args.student or args.frames or args.selection or args.width
+    if args.init:
+        config.init = args.init
+        init = init_run_config(args.init)
+        if config.teacher is None and config.student is None and not (args.teacher or student_flags):
+            mode = Mode.parse(args.mode or ("serial" if args.teacher_run else default_mode(init)), "--mode")
+            _models_of_init(config, init, mode, args)
     if args.mode:
         config.mode = Mode.parse(args.mode, "--mode")
     if args.data:
@@ -65,9 +91,9 @@ def resolve_config(args):
         config.teacher = resolve(args.teacher)
     if args.num_classes and config.teacher:
         config.teacher = dataclasses.replace(config.teacher, num_classes=args.num_classes)
-    if config.teacher:
+    if config.teacher and not config.data.segments:  # a segments run reads whole videos whatever its models take
         config.data.max_frames = config.teacher.frames
-    if args.student or args.frames or args.selection or args.width:
+    if student_flags:
         base = resolve(args.student) if args.student else (config.student.model if config.student else config.teacher)
         if base is None:
             raise ConfigError("a student needs a model: pass --student PRESET|CONFIG or --teacher")
@@ -77,7 +103,26 @@ def resolve_config(args):
         policy = args.selection or (config.student.policy if config.student else "uniform")
         classes = config.teacher.num_classes if config.teacher else args.num_classes
         config.student = student_config(base, k=k, policy=policy, width=args.width or 1.0, num_classes=classes)
+    if config.data.segments:
+        segment_train_config(config)  # the models built for one 5-frame segment (distill/segments.py)
     return config
+
+
+def _models_of_init(config, init, mode, args) -> None:
+    """The mode, models and read length of the run `init` (--init without --teacher / --student)."""
+    from vidistill.distill.warm_start import check_models
+
+    config.mode = mode
+    config.teacher = init.teacher if mode.has_teacher and not mode.restores_teacher else None  # serial: --teacher-run
+    config.student = init.student if mode.has_student else None
+    if args.num_classes:  # checked against init's below: a class count init's weights do not fit is refused
+        if config.teacher is not None:
+            config.teacher = dataclasses.replace(config.teacher, num_classes=args.num_classes)
+        if config.student is not None:
+            model = dataclasses.replace(config.student.model, num_classes=args.num_classes)
+            config.student = dataclasses.replace(config.student, model=model)
+    config.data.max_frames = init.data.max_frames
+    check_models(config, init)  # e.g. --mode student from a teacher-only run: said here, naming --init
 
 
 def run(args) -> int:
@@ -93,8 +138,10 @@ def run(args) -> int:
             f"input wait: {summary['input_wait_share']:.1%} of the step time "
             "(outside the steps' computation; TensorBoard: input_wait_share)"
         )
-    if summary["last_eval"]:
-        e = summary["last_eval"]
+    e = summary["last_eval"]
+    if e and "segment_map" in e:
+        print(f"held-out: segment MAP {e['segment_map']:.4f}  ({e['num_classes_scored']} classes scored)")
+    elif e:
         print(
             f"held-out: GAP {e['gap']:.4f}  mAP {e['map']:.4f}  Hit@1 {e['hit_at_one']:.4f}  ({e['num_videos']} videos)"
         )
