@@ -14,9 +14,9 @@ run's checkpoint restores into them unchanged (`--init`). `segment_model_config`
   positions 0..4).
 
 A family whose weights do depend on the frame count says so in `FAMILY_CHANGES` by keeping its `frames`
-(`lambda config: {"frames": config.frames}`): its segments are then padded to that length (the trainer and the
-evaluation pad a window to the model's input length). A student keeps its selection policy at k = 5, which takes
-all 5 frames of a segment whatever the policy.
+(`lambda config, frames: {"frames": config.frames}`): its segments are then padded to that length (the trainer and the
+evaluation pad a window to the model's input length). A student at k >= 5 frames is built for 5 (all of a
+segment's frames, whatever its policy); one at k < 5 keeps its k and its policy picks k of each segment's frames.
 """
 
 from __future__ import annotations
@@ -28,22 +28,23 @@ from vidistill.students.student import StudentConfig, default_chunks
 from vidistill.teachers.config import ModelConfig
 from vidistill.yt8m.constants import SEGMENT_FRAMES
 
-# family -> the changes, besides frames = 5, that build a model of that family for one segment
-FAMILY_CHANGES: dict[str, Callable[[ModelConfig], dict]] = {
-    "hlstm": lambda config: {"chunks": default_chunks(SEGMENT_FRAMES)},
+# family -> the changes, besides the frame count, that build a model of that family for `frames` of a segment
+FAMILY_CHANGES: dict[str, Callable[[ModelConfig, int], dict]] = {
+    "hlstm": lambda config, frames: {"chunks": default_chunks(frames)},
 }
 
 
-def segment_model_config(config: ModelConfig) -> ModelConfig:
-    """`config` built for one 5-frame segment, with the same weights (see the module's docstring); applying it
-    twice changes nothing more."""
-    changes = {"frames": SEGMENT_FRAMES, **FAMILY_CHANGES.get(config.family, lambda _: {})(config)}
+def segment_model_config(config: ModelConfig, frames: int = SEGMENT_FRAMES) -> ModelConfig:
+    """`config` built for `frames` (5: one segment) frames, with the same weights (see the module's docstring);
+    applying it twice changes nothing more."""
+    changes = {"frames": frames, **FAMILY_CHANGES.get(config.family, lambda *_: {})(config, frames)}
     return dataclasses.replace(config, **changes)
 
 
 def segment_student_config(student: StudentConfig) -> StudentConfig:
-    """A student whose backbone is `segment_model_config` of its own (k = 5 unless the family keeps its frames)."""
-    return dataclasses.replace(student, model=segment_model_config(student.model))
+    """A student whose backbone is `segment_model_config` of its own: k frames of each segment, k = 5 at most
+    (a few-frame student of a segment model keeps its k < 5, e.g. 2 of the 5 frames)."""
+    return dataclasses.replace(student, model=segment_model_config(student.model, min(student.k, SEGMENT_FRAMES)))
 
 
 def segment_train_config(config):

@@ -103,6 +103,17 @@ def test_segment_models_have_the_video_models_weights():
     assert segment_model_config(TINY).chunks == 2  # default_chunks(5)
 
 
+def test_a_few_frame_segment_student_keeps_its_k():
+    """A student of k < 5 frames picks k of each segment's 5 (a cheaper segment model); k >= 5 takes all 5."""
+    from vidistill.distill.segments import segment_student_config
+    from vidistill.students.student import student_config
+
+    two = segment_student_config(student_config(TINY, k=2))
+    assert (two.k, two.model.chunks, two.policy) == (2, 1, "uniform")
+    assert segment_student_config(two) == two
+    assert segment_student_config(student_config(TINY, k=8)).k == SEGMENT_FRAMES
+
+
 def test_segment_config_rules():
     segment = TrainConfig(mode="teacher", teacher=segment_model_config(TINY), data=DataConfig(train="x", segments=True))
     segment.validate()  # videos read at 300 frames, the teacher takes 5
