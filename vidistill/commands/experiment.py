@@ -1,15 +1,17 @@
-"""Reproduce the paper's Table 1 on the synthetic benchmark: teacher skyline, selection baselines, parallel and
-serial distillation at k in {6, 10, 15, 20, 30} (with --serial-pred-rows also the paper's serial L_pred rows), a
-VLAD-family row and a narrow-student row. Resumable: cells already in OUT/results.json are not trained again."""
+"""Experiments on the synthetic benchmark. `table1`: the paper's Table 1 (teacher skyline, selection baselines,
+parallel and serial distillation at k in {6, 10, 15, 20, 30}; with --serial-pred-rows also the paper's serial L_pred
+rows), a VLAD-family row and a narrow-student row. `segments`: the 2019 segment task (H-LSTM, NeXtVLAD and
+transformer with and without video-level pre-training, with and without shift TTA, a few-frame segment student,
+latency at batch 1 and 64). Resumable: cells already in OUT/results.json are not trained again."""
 
 from __future__ import annotations
 
-HELP = "the paper's Table 1 on synthetic data (about an hour on 2 cores; --quick: a miniature)"
+HELP = "the paper's Table 1 (about an hour on 2 cores) or the segment task (segments) on synthetic data"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("name", choices=["table1"], help="which experiment")
-    parser.add_argument("--out", required=True, help="experiment directory (data, runs, results.json, table1.md)")
+    parser.add_argument("name", choices=["table1", "segments"], help="which experiment")
+    parser.add_argument("--out", required=True, help="experiment directory (data, runs, results.json, the report)")
     parser.add_argument("--quick", action="store_true", help="a miniature that runs in a few minutes")
     parser.add_argument(
         "--serial-pred-rows",
@@ -19,12 +21,28 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    if args.name == "segments":
+        return _segments(args)
     from vidistill.distill.experiments import Table1, Table1Config
 
     config = Table1Config.quick() if args.quick else Table1Config()
     if args.serial_pred_rows:
         config.serial_losses = ("L_pred", "L_pred, L_CE")
     experiment = Table1(config, args.out)
+    experiment.run()
+    print(experiment.table())
+    print(f"report: {experiment.write_report()}")
+    return 0
+
+
+def _segments(args) -> int:
+    from vidistill.segment_experiment import SegmentExperiment, SegmentExperimentConfig
+    from vidistill.yt8m.errors import ConfigError
+
+    if args.serial_pred_rows:
+        raise ConfigError("--serial-pred-rows belongs to table1, not to the segments experiment")
+    config = SegmentExperimentConfig.quick() if args.quick else SegmentExperimentConfig()
+    experiment = SegmentExperiment(config, args.out)
     experiment.run()
     print(experiment.table())
     print(f"report: {experiment.write_report()}")
