@@ -94,6 +94,27 @@ class Table1Config:
         )
 
 
+def claim_experiment_dir(out_dir: str, config) -> None:
+    """Records `config` (a dataclass) as OUT/experiment.json, or checks that the experiment already in `out_dir`
+    has the same one: a rerun resumes its cells, so a changed configuration (another seed, --quick) would mix
+    cells of two experiments in one table."""
+    path = os.path.join(out_dir, "experiment.json")
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as read back
+    if os.path.exists(path):
+        with open(path) as f:
+            held = json.load(f)
+        if held != wanted:
+            changed = sorted(k for k in set(held) | set(wanted) if held.get(k) != wanted.get(k))
+            raise ConfigError(
+                f"{out_dir} holds an experiment with another configuration (changed: {', '.join(changed)}): "
+                "pass a new --out, or the same options to resume it"
+            )
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_write(path) as f:
+        json.dump(wanted, f, indent=1)
+
+
 def _teacher(config: Table1Config) -> HLSTMConfig:
     return HLSTMConfig(
         num_classes=config.classes,
@@ -139,7 +160,7 @@ class Table1:
 
     # ---------------------------------------------------------------------------------------------- running
     def run(self) -> dict:
-        os.makedirs(self.out_dir, exist_ok=True)
+        claim_experiment_dir(self.out_dir, self.config)
         self._data()
         # the child starts at the first cell that needs training (none when every result exists)
         with ProcessPoolExecutor(

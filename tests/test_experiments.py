@@ -79,3 +79,5 @@ def test_segment_experiment_miniature_runs_every_cell_benches_and_resumes(tmp_pa
     assert (tmp_path / "results.json").stat().st_mtime == started
     assert main(["experiment", "segments", "--quick", "--serial-pred-rows", "--out", str(tmp_path)]) == 2
     assert "--serial-pred-rows belongs to table1" in capsys.readouterr().err
+    assert main(["experiment", "segments", "--quick", "--seed", "1", "--out", str(tmp_path)]) == 2
+    assert "holds an experiment with another configuration (changed: seed)" in capsys.readouterr().err

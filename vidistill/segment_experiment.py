@@ -123,12 +123,13 @@ class SegmentExperiment:
         self._pool: ProcessPoolExecutor | None = None
 
     def run(self) -> dict:
+        from vidistill.distill.experiments import claim_experiment_dir
         from vidistill.yt8m.segment_windows import check_shifts
 
         check_shifts(self.config.shifts, "shifts")
         for family in self.config.families:
             family_config(family, self.config)  # an unknown family fails before any work
-        os.makedirs(self.out_dir, exist_ok=True)
+        claim_experiment_dir(self.out_dir, self.config)
         self._data()
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=8) as pool:
             self._pool = pool

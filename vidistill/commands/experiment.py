@@ -14,6 +14,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="experiment directory (data, runs, results.json, the report)")
     parser.add_argument("--quick", action="store_true", help="a miniature that runs in a few minutes")
     parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic data and the training (another seed: the spread)"
+    )
+    parser.add_argument(
         "--serial-pred-rows",
         action="store_true",
         help="also the paper's Serial L_pred and Serial L_pred, L_CE rows (10 more cells, about 8 min)",
@@ -26,6 +29,7 @@ def run(args) -> int:
     from vidistill.distill.experiments import Table1, Table1Config
 
     config = Table1Config.quick() if args.quick else Table1Config()
+    config.seed = args.seed
     if args.serial_pred_rows:
         config.serial_losses = ("L_pred", "L_pred, L_CE")
     experiment = Table1(config, args.out)
@@ -42,6 +46,7 @@ def _segments(args) -> int:
     if args.serial_pred_rows:
         raise ConfigError("--serial-pred-rows belongs to table1, not to the segments experiment")
     config = SegmentExperimentConfig.quick() if args.quick else SegmentExperimentConfig()
+    config.seed = args.seed
     experiment = SegmentExperiment(config, args.out)
     experiment.run()
     print(experiment.table())
