@@ -150,14 +150,39 @@ def _train_cell(config: TrainConfig, run_dir: str) -> dict:
     }
 
 
-class Table1:
-    def __init__(self, config: Table1Config, out_dir: str, progress: bool = True):
+class CellExperiment:
+    """What an experiment of trained cells keeps in its folder: its configuration (`claim_experiment_dir`), the
+    synthetic data (OUT/data, written once) and each finished cell's results (OUT/results.json, saved after every
+    cell, so a rerun trains only what is missing). `config` holds the data's sizes: classes, videos, heldout,
+    min_frames, max_frames, seed."""
+
+    def __init__(self, config, out_dir: str, progress: bool = True):
         self.config, self.out_dir, self.progress = config, out_dir, progress
         self.data_dir = os.path.join(out_dir, "data")
         self.results_path = os.path.join(out_dir, "results.json")
-        self.results: dict = json.load(open(self.results_path)) if os.path.exists(self.results_path) else {}
-        self._pool: ProcessPoolExecutor | None = None  # while run() runs
+        self.results: dict = {}
+        if os.path.exists(self.results_path):
+            with open(self.results_path) as f:
+                self.results = json.load(f)
+        self._pool: ProcessPoolExecutor | None = None  # while the cells run
 
+    def _data(self, *, segments: bool = False) -> None:
+        from vidistill.yt8m.synthetic import SynthConfig, write_dataset
+
+        if os.path.exists(os.path.join(self.data_dir, "synth.yaml")):
+            return
+        c = self.config
+        sizes = {
+            name: getattr(c, name) for name in ("videos", "heldout", "classes", "seed", "min_frames", "max_frames")
+        }
+        write_dataset(SynthConfig(**sizes, shards=4, segments=segments), self.data_dir, progress=self.progress)
+
+    def _save(self) -> None:
+        with atomic_write(self.results_path) as f:
+            json.dump(self.results, f, indent=1)
+
+
+class Table1(CellExperiment):
     # ---------------------------------------------------------------------------------------------- running
     def run(self) -> dict:
         claim_experiment_dir(self.out_dir, self.config)
@@ -233,26 +258,6 @@ class Table1:
         parallel = [("parallel", name) for name in LOSS_ROWS if name in c.losses]
         return parallel + [("serial", name) for name in LOSS_ROWS if name in c.losses or name in c.serial_losses]
 
-    def _data(self) -> None:
-        from vidistill.yt8m.synthetic import SynthConfig, write_dataset
-
-        if os.path.exists(os.path.join(self.data_dir, "synth.yaml")):
-            return
-        c = self.config
-        write_dataset(
-            SynthConfig(
-                videos=c.videos,
-                heldout=c.heldout,
-                classes=c.classes,
-                seed=c.seed,
-                min_frames=c.min_frames,
-                max_frames=c.max_frames,
-                shards=4,
-            ),
-            self.data_dir,
-            progress=self.progress,
-        )
-
     def _train(self, name: str, config: TrainConfig, steps: int | None = None) -> str:
         run_dir = os.path.join(self.out_dir, "runs", name.replace(", ", "+").replace(" ", ""))
         if name in self.results:
@@ -285,10 +290,6 @@ class Table1:
             r = self.results[name]
             print(f"{name:40s} GAP {r['gap']:.3f}  mAP {r['map']:.3f}  ({r['seconds']:.0f} s)", flush=True)
         return run_dir
-
-    def _save(self) -> None:
-        with atomic_write(self.results_path) as f:
-            json.dump(self.results, f, indent=1)
 
     # ---------------------------------------------------------------------------------------------- report
     def table(self) -> str:

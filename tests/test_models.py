@@ -16,6 +16,7 @@ from vidistill.teachers.config import (
     HeadConfig,
     HLSTMConfig,
     RNNConfig,
+    TransformerConfig,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -137,8 +138,9 @@ def _learnable_problem(frames, n=64, seed=0):
         HLSTMConfig(num_classes=2, frames=8, chunks=2, lower_cells=8, upper_cells=8, lower_layers=1, upper_layers=1),
         RNNConfig(num_classes=2, frames=8, cell="lstm", cells=8, layers=1, head=HeadConfig(kind="logistic")),
         RNNConfig(num_classes=2, frames=8, cell="gru", cells=8, layers=1),
+        TransformerConfig(num_classes=2, frames=8, layers=2, heads=2, head_size=4, dropout=0.0),
     ],
-    ids=["hlstm", "lstm", "gru"],
+    ids=["hlstm", "lstm", "gru", "transformer"],
 )
 def test_each_family_trains_with_falling_loss(config):
     keras.utils.set_random_seed(0)

@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from vidistill.distill.experiments import CellExperiment
 from vidistill.yt8m.files import atomic_write
 
 FAMILIES = ("hlstm", "nextvlad", "transformer")
@@ -109,18 +110,11 @@ def _cell(config, run_dir: str, heldout: str, shifts: tuple[int, ...]) -> dict:
     return result
 
 
-class SegmentExperiment:
+class SegmentExperiment(CellExperiment):
     def __init__(self, config: SegmentExperimentConfig, out_dir: str, progress: bool = True):
-        self.config, self.out_dir, self.progress = config, out_dir, progress
-        self.data_dir = os.path.join(out_dir, "data")
+        super().__init__(config, out_dir, progress)
         self.train_data = os.path.join(self.data_dir, "train-*.tfrecord")
         self.heldout = os.path.join(self.data_dir, "validate-*.tfrecord")
-        self.results_path = os.path.join(out_dir, "results.json")
-        self.results: dict = {}
-        if os.path.exists(self.results_path):
-            with open(self.results_path) as f:
-                self.results = json.load(f)
-        self._pool: ProcessPoolExecutor | None = None
 
     def run(self) -> dict:
         from vidistill.distill.experiments import claim_experiment_dir
@@ -130,7 +124,7 @@ class SegmentExperiment:
         for family in self.config.families:
             family_config(family, self.config)  # an unknown family fails before any work
         claim_experiment_dir(self.out_dir, self.config)
-        self._data()
+        self._data(segments=True)
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=8) as pool:
             self._pool = pool
             self._cells()
@@ -139,24 +133,6 @@ class SegmentExperiment:
         return self.results
 
     # ------------------------------------------------------------------------------------------------ cells
-    def _data(self) -> None:
-        from vidistill.yt8m.synthetic import SynthConfig, write_dataset
-
-        if os.path.exists(os.path.join(self.data_dir, "synth.yaml")):
-            return
-        c = self.config
-        synth = SynthConfig(
-            videos=c.videos,
-            heldout=c.heldout,
-            classes=c.classes,
-            seed=c.seed,
-            min_frames=c.min_frames,
-            max_frames=c.max_frames,
-            shards=4,
-            segments=True,
-        )
-        write_dataset(synth, self.data_dir, progress=self.progress)
-
     def run_dir(self, name: str) -> str:
         return os.path.join(self.out_dir, "runs", name)
 
@@ -268,10 +244,6 @@ class SegmentExperiment:
                         latency.setdefault(name, {}).setdefault(precision, {})[str(row["batch"])] = row["p50_ms"]
         self.results["latency"] = latency
         self._save()
-
-    def _save(self) -> None:
-        with atomic_write(self.results_path) as f:
-            json.dump(self.results, f, indent=1)
 
     # ------------------------------------------------------------------------------------------------ report
     def table(self) -> str:
