@@ -93,7 +93,7 @@ def model_frames(model) -> int | None:
     return (inputs["frames"] if isinstance(inputs, dict) else inputs[0]).shape[1]
 
 
-def _fit_frames(frames, num_frames, length: int | None):
+def fit_frames(frames, num_frames, length: int | None):
     """Pads (or cuts) a batch of frame sequences to the model's input length (None: as they are); num_frames
     keeps the real count."""
     if length is None:
@@ -109,7 +109,7 @@ def window_scores(model, windows, counts) -> np.ndarray:
     (yt8m/segment_windows.py)."""
     n, shifts = windows.shape[0], windows.shape[1]
     frames = tf.reshape(windows, [-1, *windows.shape[2:]])
-    frames, real = _fit_frames(frames, tf.reshape(counts, [-1]), model_frames(model))
+    frames, real = fit_frames(frames, tf.reshape(counts, [-1]), model_frames(model))
     scores = predictions_of(model, frames, real).numpy()
     return average_windows(scores.reshape(n, shifts, -1), np.asarray(counts).reshape(n, shifts))
 

@@ -168,12 +168,12 @@ def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -
     )
     length = config.teacher.frames if segments and config.mode.has_teacher else SEGMENT_FRAMES
     if length > SEGMENT_FRAMES:  # a family that keeps its frame count for segments (distill/segments.py)
-        dataset = dataset.map(lambda batch: {**batch, "frames": _padded(batch["frames"], length)})
+        from vidistill.distill.evaluate import fit_frames
+
+        dataset = dataset.map(
+            lambda batch: {**batch, "frames": fit_frames(batch["frames"], batch["num_frames"], length)[0]}
+        )
     return dataset.with_options(options)
-
-
-def _padded(frames, length: int):
-    return tf.pad(frames, [[0, 0], [0, length - frames.shape[1]], [0, 0]])
 
 
 BAR_TERMS = ("loss", "teacher_ce", "ce")  # what the progress bar shows; every term goes to TensorBoard

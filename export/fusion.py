@@ -31,6 +31,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
+# the contrib ops this pass writes; each output has its first input's type (ONNX's shape inference knows neither)
+FUSED_CONTRIB_OPS = {"MultiHeadAttention", "Gelu"}
 ATTENTION_SCOPES = ("/self_attention", "/cross_attention")
 
 
@@ -52,10 +54,6 @@ class FusionReport:
             )
         ]
         return "fused transformer nodes: " + ", ".join(parts)
-
-    @property
-    def complete(self) -> bool:
-        return all(fused == found for fused, found in (self.attention, self.layer_norm, self.gelu))
 
 
 class _Graph:
@@ -183,7 +181,7 @@ def _layer_norm(g: _Graph, scope: str, added: list) -> bool:
         return False
     gamma = [name for name in scale.input if name in g.initializers]
     beta = shift.input[0]
-    epsilon = [g.constant(name) for name in epsilon_add.input if g.constant(name) is not None]
+    epsilon = [value for value in map(g.constant, epsilon_add.input) if value is not None]
     if len(gamma) != 1 or beta not in g.initializers or len(epsilon) != 1 or epsilon[0].size != 1:
         return False
     added.append(
@@ -225,47 +223,11 @@ def _gelu(g: _Graph, erf, added: list) -> bool:
     return True
 
 
-def _prune(graph: onnx.GraphProto) -> None:
-    """Removes the nodes no graph output depends on, and the initializers no node reads."""
-    producer = {out: n for n in graph.node for out in n.output}
-    needed, stack, seen = set(), [o.name for o in graph.output], set()
-    while stack:
-        name = stack.pop()
-        node = producer.get(name)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        needed.add(id(node))
-        stack.extend(i for i in node.input if i)
-    kept = [n for n in graph.node if id(n) in needed]
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {i for n in graph.node for i in n.input}
-    kept_init = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_init)
-
-
-def _topological(graph: onnx.GraphProto) -> None:
-    """Orders the nodes so that each comes after the producers of its inputs (ONNX requires it)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ValueError("fusion left a cycle or a dangling input")
-        for n in ready:
-            available.update(n.output)
-        ordered += ready
-        placed = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in placed]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def fuse_transformer(model: onnx.ModelProto, heads: int, head_size: int) -> FusionReport:
     """Fuses `model` (a converted transformer network of `heads` x `head_size` attention) in place; see the module
     docstring."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     graph = model.graph
     g = _Graph(graph)
     added: list = []
@@ -278,8 +240,10 @@ def fuse_transformer(model: onnx.ModelProto, heads: int, head_size: int) -> Fusi
     erfs = [n for n in graph.node if n.op_type == "Erf"]
     gelus = sum(_gelu(g, erf, added) for erf in erfs)
     graph.node.extend(added)
-    _prune(graph)
-    _topological(graph)
+    tidy = OnnxModel(model)  # ONNX Runtime's graph tools: what no output needs goes, then graph order
+    tidy.prune_graph(allow_remove_graph_inputs=False)
+    tidy.update_graph()  # the initializers no node reads any more
+    tidy.topological_sort()
     if attention or gelus:
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))

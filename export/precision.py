@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vidistill.export.errors import ExportError
+from vidistill.export.fusion import FUSED_CONTRIB_OPS, MS_DOMAIN
 from vidistill.export.protos import copy_fields
 from vidistill.yt8m.errors import ConfigError
 
@@ -66,9 +67,6 @@ DATA_MOVEMENT = {
 }
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
-
-# ONNX Runtime contrib ops (export/fusion.py) whose output has the type of their first input: typed as if Identity
-SAME_TYPE_CONTRIB_OPS = {"MultiHeadAttention", "Gelu"}
 
 _CHUNK = 1 << 22  # elements converted at a time: the temporaries stay small next to a large weight
 
@@ -122,8 +120,8 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor, by shape inference on the graph with its large initializers' values left out
     (their dims and types are what inference reads): a fraction of the model's memory, not copies of it."""
     skeleton = _without_initializers(model)
-    for node in skeleton.graph.node:  # ONNX's inference does not know ONNX Runtime's contrib ops
-        if node.domain == "com.microsoft" and node.op_type in SAME_TYPE_CONTRIB_OPS:
+    for node in skeleton.graph.node:  # ONNX's inference does not know the fused contrib ops: typed as Identity
+        if node.domain == MS_DOMAIN and node.op_type in FUSED_CONTRIB_OPS:
             node.op_type, node.domain = "Identity", ""
             del node.input[1:]
             del node.attribute[:]

@@ -30,6 +30,7 @@ import tf_keras as keras
 from vidistill.teachers.config import TransformerConfig
 from vidistill.teachers.heads import head_flops, head_weights
 from vidistill.teachers.registry import register
+from vidistill.teachers.vlad import FrameMask
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 
 MASKED = -10000.0  # added to the attention scores of padded keys
@@ -181,13 +182,13 @@ class TransformerEncoder(keras.layers.Layer):
             ]
             for s in streams
         ]
+        self.frame_mask = FrameMask(name="frame_mask")
 
     def call(self, frames, num_frames, training=None):
         c = self.config
-        total = tf.shape(frames)[1]
-        mask = tf.sequence_mask(tf.minimum(tf.cast(num_frames, tf.int32), total), total)
-        frames = tf.where(mask[..., None], frames, tf.zeros_like(frames))
-        keys = tf.concat([tf.ones_like(mask[:, :1]), mask], axis=1) if c.pooling == "cls" else mask
+        frames, real = self.frame_mask(frames, num_frames)  # padding zeroed; real: 1.0 for real frames
+        mask = real > 0
+        keys = tf.concat([tf.ones_like(real[:, :1]), real], axis=1) if c.pooling == "cls" else real
         bias = (1.0 - tf.cast(keys, tf.float32))[:, None, None, :] * MASKED
         inputs = [frames[..., :RGB_SIZE], frames[..., RGB_SIZE:]] if c.streams == "cross" else [frames]
         states = [embed(x, training=training) for embed, x in zip(self.embeddings, inputs)]
@@ -213,6 +214,11 @@ def _stream_inputs(config: TransformerConfig) -> tuple[int, ...]:
     return (RGB_SIZE, AUDIO_SIZE) if config.streams == "cross" else (FEATURE_SIZE,)
 
 
+def _attentions(config: TransformerConfig) -> int:
+    """Attention blocks per encoder layer: self-attention, and in "cross" streams attention to the other stream."""
+    return 2 if config.streams == "cross" else 1
+
+
 def _sequence(config: TransformerConfig) -> int:
     return config.frames + (1 if config.pooling == "cls" else 0)
 
@@ -220,9 +226,8 @@ def _sequence(config: TransformerConfig) -> int:
 def _layer_macs(config: TransformerConfig, length: int) -> int:
     """One stream's encoder layer over `length` positions: projections, Q K^T and weights x V, the feed-forward."""
     h = config.hidden
-    attentions = 2 if config.streams == "cross" else 1
     per_attention = 4 * length * h * h + 2 * length * length * h
-    return attentions * per_attention + 2 * config.feed_forward * length * h * h
+    return _attentions(config) * per_attention + 2 * config.feed_forward * length * h * h
 
 
 def representation_width(config: TransformerConfig) -> int:
@@ -242,8 +247,7 @@ def transformer_weight_reads(config: TransformerConfig, fused: bool) -> int:
     """Every matrix once per video (no recurrence): of the position table only the rows of the frames used
     (frames x H), and the [CLS] token (H) with `cls` pooling."""
     h = config.hidden
-    attentions = 2 if config.streams == "cross" else 1
-    layer = attentions * 4 * h * h + 2 * config.feed_forward * h * h
+    layer = _attentions(config) * 4 * h * h + 2 * config.feed_forward * h * h
     token = h if config.pooling == "cls" else 0
     per_stream = [size * h + config.frames * h + token + config.layers * layer for size in _stream_inputs(config)]
     return sum(per_stream) + head_weights(representation_width(config), config.num_classes, config.head)
