@@ -7,7 +7,8 @@ teacher   trained with L_CE                    -
 student   -                                    L_CE alone on its k frames (the paper's Uniform-k ... baselines)
 
 The loss is a list of terms (distill/terms.py: name, weight, function, what it reads), summed; "student" terms
-read the teacher's outputs through tf.stop_gradient, so student losses never update the teacher. What the
+read the teacher's outputs through tf.stop_gradient, so student losses never update the teacher. A model that
+trains and is a MixNeXtVLAD adds its own terms (its branches' L_CE and their on-the-fly KL to the mixture). What the
 distilled student's classifier head learns from is a head policy (distill/heads.py: own / teacher / probe) with
 hooks around every step.
 """
@@ -49,10 +50,12 @@ class Distiller(keras.Model):
         super().__init__(**kwargs)
         self.mode, self.teacher, self.student = Mode.parse(mode), teacher, student
         self.loss_weights, self.projection = loss_weights, projection
-        if self.mode.restores_teacher:
+        if self.mode.restores_teacher and teacher is not None:  # (None: stored teacher outputs)
             teacher.trainable = False
         policy = head_policy(loss_weights.resolved_head() if self.mode.distills else "own", teacher, student)
-        terms = terms_for(self.mode, loss_weights) + policy.terms()  # "own" (every mode but distilling) adds none
+        # the models' own terms too (a MixNeXtVLAD that trains: its branches' L_CE and on-the-fly KL); the policy's:
+        # "own" (every mode but distilling) adds none
+        terms = terms_for(self.mode, loss_weights, teacher=teacher, student=student) + policy.terms()
         # set past Keras' attribute tracking: the policy's variables would become the Distiller's own weights
         object.__setattr__(self, "head_policy", policy)
         object.__setattr__(self, "terms", tuple(terms))
@@ -76,7 +79,12 @@ class Distiller(keras.Model):
         to minimize, regularization included)."""
         x = _inputs(batch)
         teacher_out = student_out = None
-        if self.teacher is not None:
+        if "teacher_predictions" in batch:  # stored teacher outputs (TrainConfig.teacher_outputs): no teacher runs
+            teacher_out = {
+                "predictions": batch["teacher_predictions"],
+                "representation": batch["teacher_representation"],
+            }
+        elif self.teacher is not None:
             teacher_out = self.teacher(x, training=training and self.mode.trains_teacher)
         if self.student is not None:
             # the head policy reads the student's own representation ("own", in every mode but distilling: as it is)

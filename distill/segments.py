@@ -8,7 +8,7 @@ run's checkpoint restores into them unchanged (`--init`). `segment_model_config`
 - every family: `frames` = 5;
 - hlstm: `chunks` = `default_chunks(5)` (2 chunks of 3 frames; the lower LSTM is shared by the chunks, so the
   weights are the same for any chunk count);
-- rnn, netvlad, nextvlad: nothing else (no weight depends on the frame count; NetVLAD's `sample_frames` draws
+- rnn, netvlad, dbof, nextvlad: nothing else (no weight depends on the frame count; NetVLAD's `sample_frames` draws
   from the segment's real frames);
 - transformer: nothing else (its position table has `max_positions` rows whatever `frames` is; a segment takes
   positions 0..4).

@@ -10,6 +10,11 @@ outputs it needs may be absent.
 Adding a term: subclass :class:`LossTerm` (``name``, ``needs``, ``compute``), register it with
 :func:`register_loss_term`, and give it a weight in the run's config (``loss.extra: {name: weight}``). The
 built-in terms (L_CE, L_REP, L_PRED) take their weights from ``loss.ce / rep / pred`` (:class:`LossWeights`).
+
+A model can call for terms of its own: for every model of the run that trains and is a MixNeXtVLAD (teachers/
+mixture.py: its outputs "branch_logits" and "mixture_logits"), :func:`terms_for` adds its on-the-fly distillation,
+"branch_ce" (sum of the branches' L_CE) and "branch_kl" (T^2 sum_m KL(mixture || branch m)), "teacher_branch_ce" /
+"teacher_branch_kl" for the teacher, with the weights and temperature of its model config (not in ``loss.extra``).
 """
 
 from __future__ import annotations
@@ -28,17 +33,23 @@ from vidistill.distill.losses import (
     representation_loss,
 )
 from vidistill.distill.modes import Mode
+from vidistill.teachers.mixture import mixture_of
 from vidistill.yt8m.errors import ConfigError
 
 __all__ = [
     "LOSS_TERMS",
+    "BranchCrossEntropy",
+    "BranchDistillation",
     "CrossEntropy",
     "LossInputs",
     "LossTerm",
     "Prediction",
     "ProbeCrossEntropy",
     "Representation",
+    "TeacherBranchCrossEntropy",
+    "TeacherBranchDistillation",
     "TeacherCrossEntropy",
+    "mixture_terms",
     "register_loss_term",
     "student_terms",
     "terms_for",
@@ -172,6 +183,87 @@ class ProbeCrossEntropy(LossTerm):
         return cross_entropy(inputs.labels, inputs.student["probe_predictions"], label_weights=inputs.label_weights)
 
 
+# ------------------------------------------------------------------------------------------------ mixture terms
+def _f32(x) -> tf.Tensor:
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
+
+
+class BranchCrossEntropy(LossTerm):
+    """A MixNeXtVLAD student's branches on the labels: sum_m L_CE(labels, sigmoid(z_m)), the official loss of each
+    branch's probabilities (label weights as L_CE's); the mixture's own L_CE is "ce" (teachers/mixture.py)."""
+
+    name = "branch_ce"
+    side: ClassVar[str] = "student"  # whose "branch_logits" [B, M, C]
+    needs = frozenset({"labels", "student.branch_logits"})
+
+    def compute(self, inputs: LossInputs) -> tf.Tensor:
+        logits = _f32(inputs.get(f"{self.side}.branch_logits"))
+        branches = [tf.sigmoid(z) for z in tf.unstack(logits, axis=1)]
+        return tf.add_n([cross_entropy(inputs.labels, p, label_weights=inputs.label_weights) for p in branches])
+
+
+class BranchDistillation(LossTerm):
+    """A MixNeXtVLAD student's on-the-fly distillation: T^2 mean_b sum_m KL(softmax(z_mix / T) || softmax(z_m / T))
+    over the classes, z_mix through a stop-gradient (the mixture teaches its branches; the gate learns from the
+    mixture's L_CE alone); 0 when every branch has the mixture's logits."""
+
+    name = "branch_kl"
+    side: ClassVar[str] = "student"
+    needs = frozenset({"student.branch_logits", "student.mixture_logits"})
+
+    def __init__(self, weight: float = 1.0, temperature: float = 3.0):
+        super().__init__(weight)
+        if not 0 < temperature < float("inf"):
+            raise ConfigError(f"loss term {self.name!r}: temperature must be a finite number > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def compute(self, inputs: LossInputs) -> tf.Tensor:
+        t = self.temperature
+        branches = _f32(inputs.get(f"{self.side}.branch_logits")) / t  # [B, M, C]
+        mixture = tf.stop_gradient(_f32(inputs.get(f"{self.side}.mixture_logits"))) / t  # [B, C]
+        log_q = tf.nn.log_softmax(mixture, axis=-1)[:, None, :]
+        per_branch = tf.reduce_sum(tf.exp(log_q) * (log_q - tf.nn.log_softmax(branches, axis=-1)), axis=-1)
+        return t**2 * tf.reduce_mean(tf.reduce_sum(per_branch, axis=1))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weight={self.weight:g}, temperature={self.temperature:g})"
+
+
+class TeacherBranchCrossEntropy(BranchCrossEntropy):
+    """The "branch_ce" of a MixNeXtVLAD teacher that trains (teacher and parallel modes)."""
+
+    name = "teacher_branch_ce"
+    side = "teacher"
+    needs = frozenset({"labels", "teacher.branch_logits"})
+    trains = "teacher"
+
+
+class TeacherBranchDistillation(BranchDistillation):
+    """The "branch_kl" of a MixNeXtVLAD teacher that trains (teacher and parallel modes)."""
+
+    name = "teacher_branch_kl"
+    side = "teacher"
+    needs = frozenset({"teacher.branch_logits", "teacher.mixture_logits"})
+    trains = "teacher"
+
+
+def mixture_terms(mode: Mode | str, teacher=None, student=None) -> list[LossTerm]:
+    """The on-the-fly distillation terms of each model of the run that trains and is a MixNeXtVLAD (the teacher in
+    teacher and parallel modes, the student in every mode that has one), weighted as its config says."""
+    mode = Mode.parse(mode)
+    terms: list[LossTerm] = []
+    sides = (
+        (teacher, mode.trains_teacher, TeacherBranchCrossEntropy, TeacherBranchDistillation),
+        (student, mode.has_student, BranchCrossEntropy, BranchDistillation),
+    )
+    for model, trains, branch_ce, branch_kl in sides:
+        config = mixture_of(model) if model is not None and trains else None
+        if config is not None:
+            terms += [branch_ce(config.branch_weight), branch_kl(config.kl_weight, config.temperature)]
+    return terms
+
+
 # ------------------------------------------------------------------------------------------------ a run's terms
 def student_terms(weights: LossWeights) -> list[LossTerm]:
     """The distilled student's terms: L_CE, L_REP, L_PRED (weights from `weights`, zero-weight ones included so
@@ -189,16 +281,17 @@ def student_terms(weights: LossWeights) -> list[LossTerm]:
     return terms
 
 
-def terms_for(mode: Mode | str, weights: LossWeights) -> list[LossTerm]:
+def terms_for(mode: Mode | str, weights: LossWeights, *, teacher=None, student=None) -> list[LossTerm]:
     """Every term of a run in `mode`: the teacher's L_CE when it trains, the student's L_CE alone in student mode,
-    and :func:`student_terms` when the student is distilled."""
+    :func:`student_terms` when the student is distilled, and, given the run's models (Keras models), the terms they
+    call for (:func:`mixture_terms`)."""
     mode = Mode.parse(mode)
     terms: list[LossTerm] = [TeacherCrossEntropy(1.0)] if mode.trains_teacher else []
     if mode is Mode.STUDENT:
         terms.append(CrossEntropy(1.0))
     elif mode.distills:
         terms.extend(student_terms(weights))
-    return terms
+    return terms + mixture_terms(mode, teacher, student)
 
 
 def weighted_sum(terms: Iterable[LossTerm], inputs: LossInputs) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:

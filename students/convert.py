@@ -41,7 +41,9 @@ def save_student(student: keras.Model, config: StudentConfig, out_dir: str) -> s
         ]
     )
     def serve(frames, num_frames):
-        return student({"frames": frames, "num_frames": num_frames}, training=False)
+        outputs = student({"frames": frames, "num_frames": num_frames}, training=False)
+        # exactly these two, whatever training-only outputs the model has (a MixNeXtVLAD's branch logits)
+        return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
 
     module = tf.Module()  # a plain module holding the variables saves about 4x faster than the Keras model
     module.variables_ = list(student.variables)

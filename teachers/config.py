@@ -100,24 +100,30 @@ class RNNConfig(ModelConfig):
 
 @dataclass
 class NetVLADConfig(ModelConfig):
-    """WILLOW's NetVLAD family: two streams (rgb K clusters, audio K/2) pooled, hidden FC, context gating."""
+    """WILLOW's NetVLAD family: two streams (rgb K clusters, audio K/2) pooled, hidden FC, context gating.
+
+    `non_local`: a self-attention block over each stream's K x D residual matrix before its intra-normalization
+    (Non-local NetVLAD; pooling netvlad or netrvlad only)."""
 
     family: ClassVar[str] = "netvlad"
     WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("clusters", "hidden")
 
-    pooling: str = "netvlad"  # "netvlad", "netrvlad" (no centres) or "softdbof"
+    pooling: str = "netvlad"  # "netvlad", "netrvlad" (no centres), "netfv" (Fisher vectors, 2 D K) or "softdbof"
     clusters: int = 256  # rgb clusters; audio gets clusters // 2
     hidden: int = 1024
     context_gating: bool = True
     input_batch_norm: bool = True
     sample_frames: int = 0  # > 0: draw this many frames with replacement (training and inference), 0: all
+    non_local: bool = False  # self-attention over the K cluster residuals (pooling netvlad / netrvlad)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pooling not in ("netvlad", "netrvlad", "softdbof"):
-            raise ConfigError(f"netvlad: pooling must be netvlad, netrvlad or softdbof, got {self.pooling!r}")
+        if self.pooling not in ("netvlad", "netrvlad", "netfv", "softdbof"):
+            raise ConfigError(f"netvlad: pooling must be netvlad, netrvlad, netfv or softdbof, got {self.pooling!r}")
         if self.clusters < 2:
             raise ConfigError(f"netvlad: clusters must be >= 2 (audio gets clusters // 2), got {self.clusters}")
+        if self.non_local and self.pooling not in ("netvlad", "netrvlad"):
+            raise ConfigError(f"netvlad: non_local needs pooling netvlad or netrvlad, got pooling {self.pooling!r}")
 
 
 @dataclass
@@ -142,6 +148,25 @@ class NeXtVLADConfig(ModelConfig):
                 raise ConfigError(f"nextvlad: expansion * {size} must divide into {groups} groups ({stream})")
         if self.clusters < 2 or self.hidden < self.se_reduction:
             raise ConfigError("nextvlad: clusters must be >= 2 and hidden >= se_reduction")
+
+
+@dataclass
+class DBoFConfig(ModelConfig):
+    """WILLOW's gated deep bag of frames: each 1152-d frame projected to `clusters` (BN, ReLU6), pooled over the
+    real frames (`pooling` "max" or "average"), hidden FC (BN, ReLU6), context gating."""
+
+    family: ClassVar[str] = "dbof"
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("clusters", "hidden")
+
+    clusters: int = 4096
+    hidden: int = 1024
+    pooling: str = "max"  # "max" or "average", over the real frames
+    context_gating: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in ("max", "average"):
+            raise ConfigError(f"dbof: pooling must be 'max' or 'average', got {self.pooling!r}")
 
 
 @dataclass
@@ -185,8 +210,84 @@ class TransformerConfig(ModelConfig):
         return self.heads * self.head_size
 
 
+@dataclass
+class MixNeXtVLADConfig(ModelConfig):
+    """MixNeXtVLAD (3rd place 2018, on-the-fly distillation): `branches` NeXtVLAD models, each with its own encoder
+    (NeXtVLADConfig's fields, the same for every branch) and its own logistic classifier (`head`, which must be
+    logistic: the gate mixes the branches' logits), mixed by a softmax gate on the mean of the real frames
+    (teachers/mixture.py). Training adds to the mixture's L_CE the branches' L_CE (weight `branch_weight`) and
+    T^2 sum_m KL(softmax(z_mix / T) || softmax(z_m / T)) (weight `kl_weight`, T = `temperature`): the mixture teaches
+    its branches in the same run (distill/terms.py). These three are the family's training objective, so they live
+    here, like `dropout`; they change no weight."""
+
+    family: ClassVar[str] = "mixnextvlad"
+    WIDTH_FIELDS: ClassVar[tuple[str, ...]] = ("clusters", "hidden")
+
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(kind="logistic"))  # each branch's classifier
+    branches: int = 3
+    expansion: int = 2
+    groups: int = 8  # rgb groups; audio gets groups // 2
+    clusters: int = 128  # rgb clusters; audio gets clusters // 2
+    hidden: int = 2048
+    se_reduction: int = 8
+    dropout: float = 0.5
+    temperature: float = 3.0  # T of the on-the-fly KL
+    branch_weight: float = 1.0  # weight of the sum of the branches' L_CE
+    kl_weight: float = 1.0  # weight of T^2 sum_m KL(mixture || branch m)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head.kind != "logistic" or self.head.probability_gating:
+            gating = " with probability gating" if self.head.probability_gating else ""
+            raise ConfigError(
+                "mixnextvlad: each branch's head must be logistic without probability gating (head kind "
+                f"'logistic'), got {self.head.kind!r}{gating}: the gate mixes the branches' logits, which the "
+                "on-the-fly KL reads"
+            )
+        if self.branches < 2:
+            raise ConfigError(
+                f"mixnextvlad: branches must be >= 2 (one branch is the nextvlad family), got {self.branches}"
+            )
+        if not 0 < self.temperature < float("inf"):
+            raise ConfigError(f"mixnextvlad: temperature must be a finite number > 0, got {self.temperature}")
+        for name in ("branch_weight", "kl_weight"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"mixnextvlad: {name} must be a finite number >= 0, got {getattr(self, name)}")
+        self.temperature, self.branch_weight, self.kl_weight = map(
+            float, (self.temperature, self.branch_weight, self.kl_weight)
+        )
+        try:
+            self.branch  # noqa: B018  (NeXtVLADConfig's own checks of the branch's fields)
+        except ConfigError as e:
+            raise ConfigError(f"mixnextvlad branch: {e}") from None
+
+    @property
+    def branch(self) -> NeXtVLADConfig:
+        """Each branch's NeXtVLAD configuration (encoder and classifier)."""
+        return NeXtVLADConfig(
+            num_classes=self.num_classes,
+            frames=self.frames,
+            head=self.head,
+            expansion=self.expansion,
+            groups=self.groups,
+            clusters=self.clusters,
+            hidden=self.hidden,
+            se_reduction=self.se_reduction,
+            dropout=self.dropout,
+        )
+
+
 CONFIG_CLASSES: dict[str, type[ModelConfig]] = {
-    cls.family: cls for cls in (HLSTMConfig, RNNConfig, NetVLADConfig, NeXtVLADConfig, TransformerConfig)
+    cls.family: cls
+    for cls in (
+        HLSTMConfig,
+        RNNConfig,
+        NetVLADConfig,
+        NeXtVLADConfig,
+        TransformerConfig,
+        MixNeXtVLADConfig,
+        DBoFConfig,
+    )
 }
 
 

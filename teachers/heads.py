@@ -38,15 +38,16 @@ class MixtureOfExperts(keras.layers.Layer):
 
 
 class LogisticHead(keras.layers.Layer):
-    """sigmoid(x W + b)."""
+    """sigmoid(x W + b); with `logits=True` the logits x W + b themselves (MixNeXtVLAD mixes its branches' logits)."""
 
     def __init__(self, num_classes: int, l2: float = 1e-8, **kwargs):
         super().__init__(**kwargs)
         self.num_classes, self.l2 = num_classes, l2
         self.dense = keras.layers.Dense(num_classes, kernel_regularizer=keras.regularizers.l2(l2), name="logits")
 
-    def call(self, x):
-        return tf.sigmoid(self.dense(x))
+    def call(self, x, logits=False):
+        z = self.dense(x)
+        return z if logits else tf.sigmoid(z)
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "l2": self.l2}

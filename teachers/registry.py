@@ -1,7 +1,10 @@
 """Families by name: `build_model(config)` and `model_flops(config)` for any ModelConfig.
 
 Every model takes {"frames": [B, T, 1152], "num_frames": [B]} (T = config.frames, rows >= num_frames are padding)
-and returns {"predictions": [B, C] probabilities, "representation": [B, E]}.
+and returns {"predictions": [B, C] probabilities, "representation": [B, E]}. A family registered with
+`classifies=True` (MixNeXtVLAD: its branches have their own classifiers) builds the whole output mapping itself,
+and may add training-only outputs beside those two (its loss terms read them; every exported or served function
+keeps "predictions" and "representation" only: export/serving.py, students/convert.py, teachers/inference.py).
 """
 
 from __future__ import annotations
@@ -22,14 +25,23 @@ class Family:
     flops: Callable[[ModelConfig], int]  # config -> FLOPs (2 x multiply-accumulates) per video
     # (config, fused) -> weights read from memory per video at batch 1 (see `model_weight_reads`)
     weight_reads: Callable[[ModelConfig, bool], int]
+    # True: the encoder layer classifies too and returns the model's outputs ({"predictions", "representation", ...})
+    # itself; build_model then adds no ClassifierHead
+    classifies: bool = False
 
 
 FAMILIES: dict[str, Family] = {}
 
 
-def register(family: str, *, flops: Callable[[ModelConfig], int], weight_reads: Callable[[ModelConfig, bool], int]):
+def register(
+    family: str,
+    *,
+    flops: Callable[[ModelConfig], int],
+    weight_reads: Callable[[ModelConfig, bool], int],
+    classifies: bool = False,
+):
     def decorator(encoder):
-        FAMILIES[family] = Family(encoder, flops, weight_reads)
+        FAMILIES[family] = Family(encoder, flops, weight_reads, classifies)
         return encoder
 
     return decorator
@@ -55,9 +67,13 @@ def build_model(config: ModelConfig, name: str | None = None) -> keras.Model:
     from vidistill.teachers.heads import ClassifierHead
 
     inputs = model_inputs(config.frames)
-    representation = _family(config).encoder(config)(inputs["frames"], inputs["num_frames"])
-    predictions = ClassifierHead(config.num_classes, config.head, name="head")(representation)
-    outputs = {"predictions": predictions, "representation": representation}
+    family = _family(config)
+    encoded = family.encoder(config)(inputs["frames"], inputs["num_frames"])
+    if family.classifies:
+        outputs = dict(encoded)
+    else:
+        predictions = ClassifierHead(config.num_classes, config.head, name="head")(encoded)
+        outputs = {"predictions": predictions, "representation": encoded}
     return keras.Model(inputs, outputs, name=name or config.family)
 
 

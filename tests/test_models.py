@@ -94,8 +94,12 @@ def test_flops_fall_about_tenfold_from_300_to_30_frames():
         HLSTMConfig(num_classes=4, frames=7, chunks=5, lower_cells=6, upper_cells=5),  # 7 frames, 5 chunks of 2
         RNNConfig(num_classes=4, frames=12, cell="lstm", cells=6, layers=2),
         RNNConfig(num_classes=4, frames=12, cell="gru", cells=6, layers=1),
+        dataclasses.replace(PRESETS["netfv-small"], num_classes=4, frames=12),
+        dataclasses.replace(PRESETS["dbof-small"], num_classes=4, frames=12),
+        dataclasses.replace(PRESETS["netvlad-nonlocal-small"], num_classes=4, frames=12),
+        dataclasses.replace(PRESETS["mixnextvlad-small"], num_classes=4, frames=12, clusters=4, hidden=16),
     ],
-    ids=["hlstm", "hlstm-uneven-chunks", "lstm", "gru"],
+    ids=["hlstm", "hlstm-uneven-chunks", "lstm", "gru", "netfv", "dbof", "netvlad-nonlocal", "mixnextvlad"],
 )
 def test_padding_never_changes_the_output(config):
     model = build_model(config)
@@ -139,8 +143,12 @@ def _learnable_problem(frames, n=64, seed=0):
         RNNConfig(num_classes=2, frames=8, cell="lstm", cells=8, layers=1, head=HeadConfig(kind="logistic")),
         RNNConfig(num_classes=2, frames=8, cell="gru", cells=8, layers=1),
         TransformerConfig(num_classes=2, frames=8, layers=2, heads=2, head_size=4, dropout=0.0),
+        dataclasses.replace(PRESETS["netfv-small"], num_classes=2, frames=8),
+        dataclasses.replace(PRESETS["dbof-small"], num_classes=2, frames=8),
+        dataclasses.replace(PRESETS["netvlad-nonlocal-small"], num_classes=2, frames=8),
+        dataclasses.replace(PRESETS["mixnextvlad-small"], num_classes=2, frames=8, clusters=4, hidden=16, dropout=0.0),
     ],
-    ids=["hlstm", "lstm", "gru", "transformer"],
+    ids=["hlstm", "lstm", "gru", "transformer", "netfv", "dbof", "netvlad-nonlocal", "mixnextvlad"],
 )
 def test_each_family_trains_with_falling_loss(config):
     keras.utils.set_random_seed(0)
@@ -267,10 +275,14 @@ def _matrix_weights(model) -> int:
     [
         PRESETS["netvlad-small"],
         PRESETS["nextvlad-small"],
+        PRESETS["netfv-small"],
+        PRESETS["dbof-small"],
+        PRESETS["netvlad-nonlocal-small"],
+        PRESETS["mixnextvlad-small"],
         dataclasses.replace(PRESETS["lstm-small"], frames=1),  # one step: every matrix read once
         dataclasses.replace(PRESETS["gru-small"], frames=1),
     ],
-    ids=["netvlad", "nextvlad", "lstm", "gru"],
+    ids=["netvlad", "nextvlad", "netfv", "dbof", "netvlad-nonlocal", "mixnextvlad", "lstm", "gru"],
 )
 def test_weight_reads_without_recurrence_are_the_models_matrices(config):
     """A VLAD model (or an RNN over one frame) reads each weight matrix exactly once per video: the count is the

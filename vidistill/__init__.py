@@ -57,6 +57,7 @@ _PUBLIC = {
     "RNNConfig": "vidistill.teachers.config",
     "NetVLADConfig": "vidistill.teachers.config",
     "NeXtVLADConfig": "vidistill.teachers.config",
+    "DBoFConfig": "vidistill.teachers.config",
     "HeadConfig": "vidistill.teachers.config",
     "load_config": "vidistill.teachers.config",
     "save_config": "vidistill.teachers.config",
