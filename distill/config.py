@@ -52,6 +52,9 @@ class TrainConfig:
     teacher: ModelConfig | None = None
     student: StudentConfig | None = None
     teacher_run: str = ""  # serial mode (and optional for finetune): a trained teacher's run directory
+    # serial mode: the teacher's outputs stored for every training video (`vidistill teacher-outputs`), read
+    # instead of running the teacher (built only where loss.head "teacher" needs its head)
+    teacher_outputs: str = ""
     init_student: str = ""  # finetune: a converted student directory to start from
     init: str = ""  # a run directory whose weights (best checkpoint, else last) start this run's models
     data: DataConfig = field(default_factory=DataConfig)
@@ -90,10 +93,25 @@ class TrainConfig:
             from vidistill.distill.terms import student_terms
 
             student_terms(self.loss)  # every name under loss.extra is a registered term
-        if self.mode.has_teacher and self.teacher is None:
+        ensemble = bool(self.teacher_run) and self.mode.restores_teacher and _is_ensemble(self.teacher_run)
+        if ensemble and self.loss.resolved_head() == "teacher":
+            raise ConfigError(
+                "loss.head 'teacher' copies the teacher's classifier head, and an ensemble has several: use "
+                "loss.head 'own' or 'probe' (or turn on loss.ce / loss.pred)"
+            )
+        if ensemble and self.data.segments:
+            raise ConfigError("a segments run takes one teacher: an ensemble teacher is for whole videos")
+        if self.mode.has_teacher and self.teacher is None and not ensemble:
             raise ConfigError(f"mode '{self.mode}' needs a teacher (--teacher PRESET|CONFIG, or --teacher-run RUN)")
         if self.mode.has_student and self.student is None:
             raise ConfigError(f"mode '{self.mode}' needs a student (--student PRESET|CONFIG or --frames K)")
+        if self.teacher_outputs and not self.mode.restores_teacher:
+            raise ConfigError(
+                f"teacher_outputs replace the frozen teacher of a serial run; mode '{self.mode}' "
+                f"{'trains' if self.mode.trains_teacher else 'has no'} teacher: use --mode serial, or drop them"
+            )
+        if self.teacher_outputs and self.data.segments:
+            raise ConfigError("teacher outputs are per video: a segments run (data.segments) needs the live teacher")
         if self.mode.restores_teacher and not self.teacher_run:
             raise ConfigError("mode 'serial' trains against a frozen, trained teacher: pass --teacher-run RUN")
         if not self.data.train:
@@ -159,6 +177,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         return from_fields(cls, data, "train")
+
+
+def _is_ensemble(path: str) -> bool:
+    from vidistill.distill.ensemble import is_ensemble
+
+    return is_ensemble(path)
 
 
 def save_train_config(config: TrainConfig, run_dir: str) -> str:

@@ -26,7 +26,20 @@ class LoadedModel:
 
 
 def load_model(path: str, which: str = "auto") -> LoadedModel:
-    """`which`: "student", "teacher", or "auto" (the student when the run has one)."""
+    """`which`: "student", "teacher", or "auto" (the student when the run has one). An ensemble (a directory
+    of ensemble.yaml, or comma-separated runs: distill/ensemble.py) is one model, its "teacher"."""
+    from vidistill.distill.ensemble import build_ensemble, ensemble_config, is_ensemble, load_members
+
+    if is_ensemble(path):
+        if which == "student":
+            raise ConfigError(f"{path} is an ensemble: it is one model (use --which auto or teacher)")
+        config = ensemble_config(path)
+        members = load_members(config)
+        model = build_ensemble(config, members)
+        weights = ", ".join(f"{w:.2f}" for w in config.normalized_weights)
+        description = f"ensemble {path} of {len(members)} ({weights}): " + "; ".join(m.description for m in members)
+        num_classes = int(model.output["predictions"].shape[-1])
+        return LoadedModel(model, num_classes, int(model.input["frames"].shape[1]), description, "teacher")
     if is_student_dir(path):
         if which == "teacher":
             raise ConfigError(f"{path} is a converted student: it holds no teacher")

@@ -24,6 +24,7 @@ import tf_keras as keras
 
 from vidistill.distill.config import TrainConfig, load_train_config, save_train_config
 from vidistill.distill.distiller import Distiller
+from vidistill.distill.ensemble import build_ensemble, ensemble_config, is_ensemble
 from vidistill.distill.optimizer import FusedAdam
 from vidistill.distill.warm_start import check_init, restore_init
 from vidistill.students.convert import load_student_weights
@@ -33,6 +34,7 @@ from vidistill.yt8m.constants import SEGMENT_FRAMES
 from vidistill.yt8m.readers import BadRecords, list_files, read_frame_dataset, require_segment_ratings
 from vidistill.yt8m.errors import ConfigError, UserError
 from vidistill.yt8m.memory import require_memory
+from vidistill.yt8m.teacher_outputs import TeacherOutputs
 
 CHECKPOINTS = "checkpoints"
 # Training's peak resident memory is at most this (the weights, Adam's two slots, the gradients and their
@@ -97,13 +99,25 @@ class Models:
 def build_models(config: TrainConfig, *, only: str = "") -> Models:
     """The teacher and/or student of a run, and the L_REP projection when their widths differ; `only`
     ("teacher" or "student") builds just that one."""
-    with_teacher = config.teacher is not None and config.mode.has_teacher and only != "student"
+    ensemble = config.mode.restores_teacher and config.teacher is None and is_ensemble(config.teacher_run)
+    with_teacher = (config.teacher is not None or ensemble) and config.mode.has_teacher and only != "student"
     with_student = config.student is not None and config.mode.has_student and only != "teacher"
-    teacher = build_model(config.teacher, name="teacher") if with_teacher else None
+    if with_teacher and config.teacher_outputs and only != "teacher":
+        with_teacher = config.loss.resolved_head() == "teacher"  # stored outputs: built only for its head
+    if with_teacher and ensemble:  # its members built and restored from their runs (distill/ensemble.py)
+        teacher = build_ensemble(ensemble_config(config.teacher_run))
+    else:
+        teacher = build_model(config.teacher, name="teacher") if with_teacher else None
+    if with_student:  # the student starts from the same weights whether or not a teacher was built before it
+        keras.utils.set_random_seed(config.seed + 1)
     student = build_student(config.student) if with_student else None
     projection = None
-    if teacher is not None and student is not None and config.loss.rep > 0:
-        t_width = teacher.output["representation"].shape[-1]
+    stored = config.teacher_outputs and config.mode.distills and only == ""
+    if student is not None and (teacher is not None or stored) and config.loss.rep > 0:
+        if stored:
+            t_width = TeacherOutputs.load(config.teacher_outputs).representation_width
+        else:
+            t_width = teacher.output["representation"].shape[-1]
         s_width = student.output["representation"].shape[-1]
         if t_width != s_width:
             projection = RepresentationProjection(t_width, name="projection")
@@ -147,7 +161,8 @@ def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -
     no teacher runs, only the student's k frames are decoded; see also `_step_dequantizes`. A segments run reads
     the rated 5-frame segments (with their label weights), padded to the teacher's length where it takes more."""
     segments = config.data.segments
-    alone = config.student if not config.mode.has_teacher and not segments else None
+    runs_teacher = config.mode.has_teacher and not config.teacher_outputs
+    alone = config.student if not runs_teacher and not segments else None
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = read_frame_dataset(
@@ -165,6 +180,7 @@ def _train_dataset(config: TrainConfig, bad_records: BadRecords | None = None) -
         bad_records=bad_records,
         select=alone.frames_to_decode(training=True) if alone is not None else None,
         dequantize=not _step_dequantizes(),
+        teacher_outputs=TeacherOutputs.load(config.teacher_outputs) if config.teacher_outputs else None,
     )
     length = config.teacher.frames if segments and config.mode.has_teacher else SEGMENT_FRAMES
     if length > SEGMENT_FRAMES:  # a family that keeps its frame count for segments (distill/segments.py)
@@ -393,12 +409,14 @@ class Run:
                 list_files(pattern)  # a data pattern that matches nothing fails before the run directory exists
                 if config.data.segments:
                     require_segment_ratings(pattern, f"--segments ({option})")
+        if config.teacher_outputs:  # every training file has its outputs, for this class count
+            TeacherOutputs.load(config.teacher_outputs).check(list_files(config.data.train), config.num_classes)
         if fresh and config.init:
             check_init(config)  # the init run, its families and class counts, before anything is built
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope(), _precision(config.mixed_precision):
             self.models = build_models(config)
-            if config.mode.restores_teacher:
+            if config.mode.restores_teacher and self.models.teacher is not None and config.teacher is not None:
                 restore_models(Models(self.models.teacher, None, None), config.teacher_run)
             if fresh and config.init:
                 restore_init(self.models, config)

@@ -62,7 +62,7 @@ class Accuracy:
 class ModelCard:
     precision: str  # fp32, fp16, bf16, int8-dynamic, int8-static, int8-qat
     file: str  # the ONNX file's name, relative to the card
-    role: str  # "student" or "teacher"
+    role: str  # "student", "teacher" or "ensemble"
     family: str
     frames: int  # T of the frames input: k for a student, the teacher's max frames for a teacher
     selection: dict | None  # {"policy", "seed", "k"} for a student (applied by the Predictor), None: all frames

@@ -36,7 +36,6 @@ from vidistill.export.saved_model import SavedModelRunner, directory_bytes, save
 from vidistill.export.sessions import available_providers, cpu_model, int8_saturates
 from vidistill.export.source import ExportSource
 from vidistill.teachers.inference import predictions_of
-from vidistill.teachers.registry import model_flops, model_weight_reads
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 from vidistill.yt8m.memory import require_memory, trim_heap
 from vidistill.yt8m.metrics import VideoMetrics
@@ -191,6 +190,11 @@ class Exporter:
     def _qat(self):
         from vidistill.export import qat
 
+        if self.source.members:
+            raise ExportError(
+                "int8-qat fine-tunes one network: an ensemble's members each take it (export each run with "
+                "int8-qat), or export the ensemble as int8-dynamic / int8-static"
+            )
         levels = int8_weight_levels("int8-qat", self.config.reduce_range)
         model = qat.quantize_aware(self.source.network, weight_levels=levels)
         dataset = qat.finetune_dataset(
@@ -230,7 +234,7 @@ class Exporter:
             precision=name,
             file=file,
             role=s.role,
-            family=s.config.family,
+            family=s.family,
             frames=s.frames,
             selection=s.selection,
             classes=s.classes,
@@ -238,8 +242,8 @@ class Exporter:
             inputs=s.inputs(),
             outputs=s.outputs(),
             parameters=int(s.network.count_params()),
-            flops_per_video=int(model_flops(s.config)),
-            weight_reads_per_video=int(model_weight_reads(s.config, fused=name not in TF_PRECISIONS)),
+            flops_per_video=s.flops(),
+            weight_reads_per_video=s.weight_reads(fused=name not in TF_PRECISIONS),
             int8_weight_levels=int8_weight_levels(name, self.config.reduce_range),
             file_bytes=0,
             opset=self.config.opset if name in ONNX_PRECISIONS else 0,
@@ -304,9 +308,7 @@ class Exporter:
                 {"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False
             )
         self.held_out = HeldOut(self.source, self.config, self.bad_records)
-        self.fp32 = onnx_export.convert(
-            self.source.network, self.source.config, opset=self.config.opset, fuse=self.config.fuse
-        )
+        self.fp32 = onnx_export.convert_source(self.source, opset=self.config.opset, fuse=self.config.fuse)
         trim_heap()  # the conversion's freed copies go back to the OS before the variants need memory
         remaining = list(self.config.precisions)
         for name in tqdm(self.config.precisions, desc="export", unit="variant"):

@@ -67,6 +67,17 @@ def convert(network, config: ModelConfig, *, opset: int = OPSET, fuse: bool = Tr
     return proto  # checked by save_model, from the file (a check of the proto would serialize a copy of it)
 
 
+def convert_source(source, *, opset: int = OPSET, fuse: bool = True) -> onnx.ModelProto:
+    """An ExportSource's network as ONNX: `convert`, or for an ensemble each member's `convert` joined into one
+    graph (export/ensemble_graph.py)."""
+    if not source.members:
+        return convert(source.network, source.config, opset=opset, fuse=fuse)
+    from vidistill.export.ensemble_graph import join_members
+
+    protos = [convert(m.network, m.config, opset=opset, fuse=fuse) for m in source.members]
+    return join_members(protos, [m.frames for m in source.members], **source.ensemble)
+
+
 def _lengths_nodes(config: ModelConfig) -> tuple[list, list, dict[str, str]]:
     """ONNX nodes computing the sequence lengths from the graph input num_frames; returns (nodes, initializers,
     {which recurrent stack: lengths tensor name})."""

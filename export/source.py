@@ -17,6 +17,7 @@ import tf_keras as keras
 from vidistill.export.card import TensorSpec
 from vidistill.students.student import StudentConfig
 from vidistill.teachers.config import ModelConfig, config_to_dict
+from vidistill.teachers.registry import model_flops, model_weight_reads
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 from vidistill.yt8m.errors import ConfigError
 
@@ -33,6 +34,27 @@ class ExportSource:
     role: str  # "student" or "teacher"
     selection: dict | None  # {"k", "policy", "seed"} for a student
     origin: str  # the run or student directory it came from
+    # an ensemble (distill/ensemble.py): its members' sources, each converted alone and joined into one graph
+    # (export/ensemble_graph.py), and how: {"weights", "representation", "rep_weights"}; `network` is then the
+    # Keras ensemble (the reference) and `config` holds only its classes and frames
+    members: tuple[ExportSource, ...] = ()
+    ensemble: dict | None = None
+
+    @property
+    def family(self) -> str:
+        return "ensemble" if self.members else self.config.family
+
+    def flops(self) -> int:
+        """FLOPs per video (teachers.registry.model_flops; an ensemble's, its members' sum)."""
+        if self.members:
+            return sum(member.flops() for member in self.members)
+        return int(model_flops(self.config))
+
+    def weight_reads(self, *, fused: bool) -> int:
+        """Weights read per video at batch 1 (teachers.registry.model_weight_reads; an ensemble's, its members')."""
+        if self.members:
+            return sum(member.weight_reads(fused=fused) for member in self.members)
+        return int(model_weight_reads(self.config, fused=fused))
 
     @property
     def frames(self) -> int:
@@ -70,6 +92,8 @@ class ExportSource:
         ]
 
     def model_config(self) -> dict:
+        if self.members:
+            return {"family": "ensemble", **self.ensemble, "members": [m.model_config() for m in self.members]}
         return config_to_dict(self.config)
 
 
@@ -88,3 +112,12 @@ def student_source(student: keras.Model, config: StudentConfig, origin: str) -> 
 
 def teacher_source(teacher: keras.Model, config: ModelConfig, origin: str) -> ExportSource:
     return ExportSource(teacher, teacher, config, "teacher", None, origin)
+
+
+def ensemble_source(ensemble: keras.Model, members: list[ExportSource], how: dict, origin: str) -> ExportSource:
+    """An ensemble of whole-video members (`teacher_source`s): `ensemble` the Keras model joining them, `how`
+    its {"weights", "representation", "rep_weights"} (normalized)."""
+    frames = int(ensemble.input["frames"].shape[1])
+    classes = int(ensemble.output["predictions"].shape[-1])
+    config = ModelConfig(num_classes=classes, frames=frames)
+    return ExportSource(ensemble, ensemble, config, "ensemble", None, origin, tuple(members), dict(how))

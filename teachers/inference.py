@@ -27,7 +27,8 @@ def _traced(model_ref: weakref.ref, frames: int):
         )
     )
     def predict(frames, num_frames):
-        return model_ref()({"frames": frames, "num_frames": num_frames}, training=False)["predictions"]
+        outputs = model_ref()({"frames": frames, "num_frames": num_frames}, training=False)
+        return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
 
     return predict
 
@@ -35,6 +36,11 @@ def _traced(model_ref: weakref.ref, frames: int):
 def predictions_of(model, frames, num_frames) -> tf.Tensor:
     """`model`'s predictions [B, C] for frames [B, T, 1152] and num_frames [B], any B: the network is traced on the
     first call for each T, never again for the same model."""
+    return outputs_of(model, frames, num_frames)["predictions"]
+
+
+def outputs_of(model, frames, num_frames) -> dict[str, tf.Tensor]:
+    """{"predictions" [B, C], "representation" [B, E]} of `model`, traced as `predictions_of` (one function)."""
     functions = _FUNCTIONS.setdefault(model, {})
     t = int(frames.shape[1])
     if t not in functions:

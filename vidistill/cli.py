@@ -18,6 +18,8 @@ COMMANDS = {
     "score": "score",
     "models": "models",
     "train": "train",
+    "ensemble": "ensemble",
+    "teacher-outputs": "teacher_outputs",
     "convert": "convert",
     "finetune": "finetune",
     "eval": "eval",

@@ -21,6 +21,7 @@ from vidistill.yt8m.constants import AUDIO_SIZE, MAX_FRAMES, NUM_CLASSES, RGB_SI
 from vidistill.yt8m.errors import ConfigError, DataError
 from vidistill.yt8m.quantize import dequantize_frames
 from vidistill.yt8m.segment_windows import check_shifts, cut_windows, window_rows
+from vidistill.yt8m.teacher_outputs import TeacherOutputs
 
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + length crc (4) + data crc (4)
 _MESSAGE_TAG = "yt8m-data-error"
@@ -136,8 +137,10 @@ def _keep_record(keep, index, record):
     return keep
 
 
-def _file_records(path, size, bad_records: BadRecords | None):
-    """(path, index, record) for each record of one file, then a check that the file was read to its end."""
+def _file_records(path, size, bad_records: BadRecords | None, outputs_path=None):
+    """(path, index, record) for each record of one file, then a check that the file was read to its end; with
+    `outputs_path` (teacher outputs), (path, index, record, outputs record): the outputs file's records in step,
+    an empty string past its end (the parser's check names the missing video)."""
     records = tf.data.TFRecordDataset(path).ignore_errors()  # a DataLossError ends the file; checked below
     end = tf.data.Dataset.from_tensors(tf.constant(b"")).map(lambda r: (r, True))
     stream = records.map(lambda r: (r, False)).concatenate(end)
@@ -158,8 +161,12 @@ def _file_records(path, size, bad_records: BadRecords | None):
         return tf.logical_and(ok, tf.logical_not(is_end)), index, record
 
     zero = tf.constant(0, tf.int64)
-    checked = stream.scan((zero, zero), step).map(check_end)
-    return checked.filter(_keep_record).map(lambda keep, index, record: (path, index, record))
+    checked = stream.scan((zero, zero), step).map(check_end).filter(_keep_record)
+    if outputs_path is None:
+        return checked.map(lambda keep, index, record: (path, index, record))
+    missing = tf.data.Dataset.from_tensors(tf.constant(b"")).repeat()
+    outputs = tf.data.TFRecordDataset(outputs_path).concatenate(missing)
+    return tf.data.Dataset.zip((checked, outputs)).map(lambda c, out: (path, c[1], c[2], out))
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,7 @@ class _Reading:
     deterministic: bool = False
     num_epochs: int | None = 1
     num_readers: int = 4
+    teacher_outputs: TeacherOutputs | None = None  # read each file's outputs in step with its records
 
 
 def record_stream(pattern: str, *, bad_records: BadRecords | None = None, **reading) -> tf.data.Dataset:
@@ -185,13 +193,16 @@ def _record_stream(reading: _Reading, bad_records: BadRecords | None) -> tf.data
     files = list_files(reading.pattern)
     sizes = [tf.io.gfile.stat(f).length for f in files]
     seed = (reading.seed or 0) if reading.deterministic else reading.seed
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    columns = (files, tf.constant(sizes, tf.int64))
+    if reading.teacher_outputs is not None:
+        columns += ([reading.teacher_outputs.path_for(f) for f in files],)
+    ds = tf.data.Dataset.from_tensor_slices(columns)
     if reading.shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     if reading.num_epochs != 1:
         ds = ds.repeat(reading.num_epochs)
     ds = ds.interleave(
-        lambda f, s: _file_records(f, s, bad_records),
+        lambda f, s, *outputs: _file_records(f, s, bad_records, *outputs),
         cycle_length=min(len(files), reading.num_readers),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=reading.deterministic,
@@ -383,6 +394,67 @@ def _parse_frame_record(path, index, record, *, num_classes, max_frames, segment
     return valid, video
 
 
+_OUTPUT_FEATURES = {
+    name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in ("id", "predictions", "representation")
+}
+
+
+def _parse_teacher_outputs(path, index, record, video_id, outputs: TeacherOutputs, bad_records):
+    """(valid, {"teacher_predictions" [C], "teacher_representation" [E]}) of one video's outputs record, checked
+    against the video: present, for the same id, of the manifest's sizes."""
+    where = tf.strings.join(["teacher outputs of record ", tf.strings.as_string(index), " of ", path])
+    present = tf.strings.length(record) > 0
+    parsed = tf.io.parse_single_example(tf.where(present, record, tf.constant(b"")), _OUTPUT_FEATURES)
+    sizes = {"predictions": outputs.num_classes, "representation": outputs.representation_width}
+    outputs_file = tf.strings.regex_replace(path, r"^.*/", outputs.directory.rstrip("/") + "/")
+    checks = [
+        (
+            present,
+            lambda: tf.strings.format(
+                "missing: {} ends before this video ({}); write the outputs again", (outputs_file, video_id)
+            ),
+        ),
+        (
+            tf.equal(parsed["id"], video_id),
+            lambda: tf.strings.format(
+                "are for video {} but the record holds video {}: they were written for other records; write the "
+                "outputs again",
+                (parsed["id"], video_id),
+            ),
+        ),
+    ]
+    values = {}
+    for name, size in sizes.items():
+        length = tf.strings.length(parsed[name])
+        checks.append(
+            (
+                tf.equal(length, size * outputs.itemsize),
+                lambda length=length, name=name, size=size: tf.strings.format(
+                    f"hold {{}} bytes of {name}, expected {size} {outputs.dtype} values (video {{}})",
+                    (length, video_id),
+                ),
+            )
+        )
+        nbytes = size * outputs.itemsize  # cut or padded to its size: checked above, and a bad record is dropped
+        fitted = tf.strings.substr(tf.strings.join([parsed[name], tf.constant(b"\0" * nbytes)]), 0, nbytes)
+        decoded = tf.io.decode_raw(fitted, outputs.dtype)
+        values[f"teacher_{name}"] = tf.reshape(tf.cast(decoded, tf.float32), [size])
+    all_ok, message = _first_failure(checks)
+    return _check(all_ok, message, where, bad_records), values
+
+
+def _with_teacher_outputs(parse, outputs: TeacherOutputs, bad_records):
+    """`parse(path, index, record)` extended to the (path, index, record, outputs record) of a stream read with
+    teacher outputs: the video gains its teacher's predictions and representation."""
+
+    def parse_both(path, index, record, outputs_record):
+        valid, video = parse(path, index, record)
+        ok, values = _parse_teacher_outputs(path, index, outputs_record, video["id"], outputs, bad_records)
+        return tf.logical_and(valid, ok), {**video, **values}
+
+    return parse_both
+
+
 def _cut_segments(video, num_classes: int, max_frames: int, shifts: tuple[int, ...] | None):
     """One video -> a dataset of its rated 5-frame segments (one per unique start time); with `shifts`, each
     segment's windows shifted by each of them (segment_windows.py: clipped to the video's frames)."""
@@ -426,6 +498,7 @@ def read_frame_dataset(
     bad_records: BadRecords | None = None,
     select=None,
     dequantize: bool = True,
+    teacher_outputs: TeacherOutputs | None = None,
 ) -> tf.data.Dataset:
     """Frame-level records -> batches of {"id", "frames" [B, max_frames, 1152], "num_frames" [B], "labels" [B, C]}.
 
@@ -443,6 +516,8 @@ def read_frame_dataset(
     instead, clipped to the video's frames (segment_windows.py): "frames" [B, S, 5, 1152], "num_frames" [B, S].
     `deterministic=True` gives the same order on every run (seed 0 unless `seed` is given); `num_epochs=None`
     repeats forever. Bad records raise (naming file and record) unless `bad_records` is given.
+    `teacher_outputs` (yt8m/teacher_outputs.py) adds each video's stored "teacher_predictions" [B, C] and
+    "teacher_representation" [B, E], checked against its id (a missing or mismatched video is a bad record).
     """
     if max_frames < 1:
         raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
@@ -452,7 +527,9 @@ def read_frame_dataset(
         if not segment_labels:
             raise ConfigError("segment_shifts shifts the windows of rated segments: pass segment_labels=True")
         segment_shifts = check_shifts(segment_shifts, "segment_shifts")
-    reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers)
+    if teacher_outputs is not None and segment_labels:
+        raise ConfigError("teacher outputs are per video: segment mode (segment_labels) takes the live teacher")
+    reading = _Reading(pattern, shuffle, shuffle_buffer, seed, deterministic, num_epochs, num_readers, teacher_outputs)
     parse = functools.partial(
         _parse_frame_record,
         num_classes=num_classes,
@@ -461,6 +538,8 @@ def read_frame_dataset(
         select=select,
         bad_records=bad_records,
     )
+    if teacher_outputs is not None:
+        parse = _with_teacher_outputs(parse, teacher_outputs, bad_records)
     ds = _valid_videos(reading, parse, bad_records)
     if segment_labels:
         ds = ds.flat_map(lambda video: _cut_segments(video, num_classes, max_frames, segment_shifts))

@@ -19,7 +19,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mode", choices=["parallel", "serial", "teacher", "student"])
     parser.add_argument("--teacher", help="teacher preset or model config file")
     parser.add_argument("--student", help="student backbone preset or config file (default: the teacher's family)")
-    parser.add_argument("--teacher-run", help="a trained teacher's run directory (serial mode)")
+    parser.add_argument(
+        "--teacher-run",
+        help="a trained teacher's run directory (serial mode); several teachers: an ensemble directory "
+        "(`vidistill ensemble`) or RUN1,RUN2,... (equal weights, L_REP to the first)",
+    )
+    parser.add_argument(
+        "--teacher-outputs",
+        metavar="DIR",
+        help="serial mode without running the teacher: its outputs for every training video, written by "
+        "`vidistill teacher-outputs` (the teacher run defaults to the one that wrote them)",
+    )
     parser.add_argument(
         "--init",
         metavar="RUN",
@@ -51,6 +61,7 @@ def add_arguments(parser) -> None:
 def resolve_config(args):
     """The TrainConfig of the config file (or defaults) with the flags applied."""
     from vidistill.distill.config import TrainConfig, load_train_config
+    from vidistill.distill.ensemble import ensemble_config, is_ensemble, member_shapes
     from vidistill.distill.modes import Mode
     from vidistill.distill.segments import segment_train_config
     from vidistill.distill.warm_start import default_mode, init_run_config
@@ -83,10 +94,22 @@ def resolve_config(args):
             setattr(config, field, getattr(args, flag))
     if args.batch_size:
         config.data.batch_size = args.batch_size
+    if args.teacher_outputs:
+        from vidistill.yt8m.teacher_outputs import TeacherOutputs
+
+        config.teacher_outputs = args.teacher_outputs
+        if not args.teacher_run and not config.teacher_run:
+            args.teacher_run = TeacherOutputs.load(args.teacher_outputs).source
     if args.teacher_run:
         config.teacher_run = args.teacher_run
-        config.teacher = load_train_config(args.teacher_run).teacher
         config.mode = Mode.parse(args.mode or "serial", "--mode")
+        if is_ensemble(args.teacher_run):  # many teachers: built from their runs (distill/ensemble.py)
+            config.teacher = None
+            shapes = member_shapes(ensemble_config(args.teacher_run))
+            config.data.max_frames = max(frames for frames, _ in shapes)
+            args.num_classes = args.num_classes or shapes[0][1]
+        else:
+            config.teacher = load_train_config(args.teacher_run).teacher
     if args.teacher:
         config.teacher = resolve(args.teacher)
     if args.num_classes and config.teacher:
