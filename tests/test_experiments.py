@@ -81,3 +81,57 @@ def test_segment_experiment_miniature_runs_every_cell_benches_and_resumes(tmp_pa
     assert "--serial-pred-rows belongs to table1" in capsys.readouterr().err
     assert main(["experiment", "segments", "--quick", "--seed", "1", "--out", str(tmp_path)]) == 2
     assert "holds an experiment with another configuration (changed: seed)" in capsys.readouterr().err
+
+
+def test_ensemble_experiment_resumes_from_its_results_and_reports_them(tmp_path, capsys):
+    """Every cell of the miniature already in results.json: the command trains nothing and writes the table (the
+    whole miniature, 6 minutes on 2 cores, is run by hand: docs/EXPERIMENTS.md)."""
+    from vidistill.cli import main
+    from vidistill.distill.experiments import claim_experiment_dir
+    from vidistill.ensemble_experiment import EnsembleExperimentConfig
+
+    config = EnsembleExperimentConfig.quick()
+    claim_experiment_dir(str(tmp_path), config)
+
+    def model(gap, parameters=1000):
+        return {"gap": gap, "map": gap - 0.1, "parameters": parameters, "seconds": 1.0}
+
+    def speed(steps_per_second):
+        return {**model(0.5), "steps_per_second": steps_per_second, "steps": 8}
+
+    results = {
+        "teacher/hlstm": model(0.60, 858_120),
+        "teacher/netvlad": model(0.70),
+        "teacher/mixnextvlad": model(0.75),
+        "ensemble": {
+            **model(0.72),
+            "weights": [0.3, 0.7],
+            "fitted": {"videos": 16, "gap": 0.8, "equal_gap": 0.78},
+        },
+        "student/alone": model(0.5),
+        "student/single": model(0.55),
+        "outputs/ensemble": {"seconds": 2.0, "videos": 48, "bytes": 10},
+        "student/ensemble": model(0.57),
+        "speed/ensemble": model(0.7),
+        "speed/hlstm/live": speed(4.0),
+        "outputs/teacher/hlstm": {"seconds": 3.0, "videos": 48, "bytes": 2_000_000},
+        "speed/hlstm/stored": speed(10.0),
+        "speed/ensemble/live": speed(2.0),
+        "outputs/speed/ensemble": {"seconds": 5.0, "videos": 48, "bytes": 3_000_000},
+        "speed/ensemble/stored": speed(11.0),
+        "latency": {"teacher/hlstm": 0.71, "ensemble": 5.32, "student/ensemble": 0.22},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["experiment", "ensemble", "--quick", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "results.json").read_text()) == results  # nothing trained again
+    report = (tmp_path / "ensemble.md").read_text()
+    assert "| hlstm teacher | 40 | 858,120 | 0.600 | 0.500 | 0.71 |" in report
+    assert "| ensemble of the 2 teachers (hlstm 0.3, netvlad 0.7) | 40 | 1,000 | 0.720 | 0.620 | 5.32 |" in report
+    assert "distilled from the netvlad teacher | 6 |" in report  # the best single teacher by GAP
+    assert (
+        "| H-LSTM student k=6, distilled from the ensemble (stored outputs) | 6 | 1,000 | 0.570 | 0.470 | 0.22 |"
+        in report
+    )
+    assert "| H-LSTM | 4.00 | 10.00 | 2.5x | 3 s for 48 videos (2.0 MB) |" in report
+    assert "| ensemble of 2 (hlstm, netvlad) | 2.00 | 11.00 | 5.5x | 5 s for 48 videos (3.0 MB) |" in report
+    assert "GAP 0.800 there (equal weights: 0.780)" in report

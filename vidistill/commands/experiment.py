@@ -2,15 +2,17 @@
 parallel and serial distillation at k in {6, 10, 15, 20, 30}; with --serial-pred-rows also the paper's serial L_pred
 rows), a VLAD-family row and a narrow-student row. `segments`: the 2019 segment task (H-LSTM, NeXtVLAD and
 transformer with and without video-level pre-training, with and without shift TTA, a few-frame segment student,
-latency at batch 1 and 64). Resumable: cells already in OUT/results.json are not trained again."""
+latency at batch 1 and 64). `ensemble`: five families alone, MixNeXtVLAD, their fitted ensemble, and a k=30 student
+distilled from the best single teacher vs from the ensemble; the serial speed-up of stored teacher outputs.
+Resumable: cells already in OUT/results.json are not trained again."""
 
 from __future__ import annotations
 
-HELP = "the paper's Table 1 (about an hour on 2 cores) or the segment task (segments) on synthetic data"
+HELP = "the paper's Table 1 (about an hour on 2 cores), the segment task or ensembles on synthetic data"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("name", choices=["table1", "segments"], help="which experiment")
+    parser.add_argument("name", choices=["table1", "segments", "ensemble"], help="which experiment")
     parser.add_argument("--out", required=True, help="experiment directory (data, runs, results.json, the report)")
     parser.add_argument("--quick", action="store_true", help="a miniature that runs in a few minutes")
     parser.add_argument(
@@ -24,8 +26,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.name == "segments":
-        return _segments(args)
+    if args.name in ("segments", "ensemble"):
+        return _cells(args)
     from vidistill.distill.experiments import Table1, Table1Config
 
     config = Table1Config.quick() if args.quick else Table1Config()
@@ -39,15 +41,20 @@ def run(args) -> int:
     return 0
 
 
-def _segments(args) -> int:
-    from vidistill.segment_experiment import SegmentExperiment, SegmentExperimentConfig
+def _cells(args) -> int:
     from vidistill.yt8m.errors import ConfigError
 
     if args.serial_pred_rows:
-        raise ConfigError("--serial-pred-rows belongs to table1, not to the segments experiment")
-    config = SegmentExperimentConfig.quick() if args.quick else SegmentExperimentConfig()
+        raise ConfigError(f"--serial-pred-rows belongs to table1, not to the {args.name} experiment")
+    if args.name == "segments":
+        from vidistill.segment_experiment import SegmentExperiment as Experiment
+        from vidistill.segment_experiment import SegmentExperimentConfig as Config
+    else:
+        from vidistill.ensemble_experiment import EnsembleExperiment as Experiment
+        from vidistill.ensemble_experiment import EnsembleExperimentConfig as Config
+    config = Config.quick() if args.quick else Config()
     config.seed = args.seed
-    experiment = SegmentExperiment(config, args.out)
+    experiment = Experiment(config, args.out)
     experiment.run()
     print(experiment.table())
     print(f"report: {experiment.write_report()}")
