@@ -149,6 +149,9 @@ class Exporter:
                 self.fp32, name, self.config.target, available=available
             )
             notes = [f"made for the {self.config.target} provider; ops kept in float32: {', '.join(sorted(blocked))}"]
+            kept = sorted({s.strip("/") for s in precision.FLOAT32_SCOPES for n in self.fp32.graph.node if s in n.name})
+            if kept:
+                notes.append(f"layers kept in float32 (values past {name}'s range): {', '.join(kept)}")
             if not verified:
                 notes.append(f"not loaded on {self.config.target} here (no such provider on the exporting machine)")
             return model, notes, None
