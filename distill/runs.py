@@ -52,6 +52,11 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
     config = load_train_config(path)
     if which == "auto":
         which = "student" if config.student is not None and config.mode.has_student else "teacher"
+    if which == "teacher" and config.teacher_outputs:
+        raise ConfigError(
+            f"{path} trained against stored teacher outputs ({config.teacher_outputs}): it holds no teacher; its "
+            f"teacher is {config.teacher_run}"
+        )
     models = build_models(config, only=which)
     model = getattr(models, which)
     if model is None:
