@@ -14,7 +14,8 @@ gives each member its own first frames; it returns
   side by side, and L_REP's squared distance over the concatenation is then sum_i r_i ||P_i s - e_i||^2: every
   teacher reached through its own projection, weighted.
 
-A member is a run's teacher (its student when the run has none) or a converted student.
+A member is a run's teacher (its student when the run has none) or a converted student. A member whose prediction
+weight is 0 is not built (`EnsembleConfig.pruned`), unless L_REP reads its representation.
 """
 
 from __future__ import annotations
@@ -60,6 +61,24 @@ class EnsembleConfig:
             raise ConfigError(
                 f"ensemble representation must be a member's index (0..{n - 1}) or 'all', got {self.representation!r}"
             )
+
+    def pruned(self) -> EnsembleConfig:
+        """The members that count, as an ensemble: a member of prediction weight 0 is dropped (it would run for
+        nothing: the fitted weights often zero a few) unless L_REP reads its representation."""
+        weights, rep_weights = self.normalized_weights, self.normalized_rep_weights
+        if self.representation == "all":
+            keep = [i for i in range(len(self.members)) if weights[i] > 0 or rep_weights[i] > 0]
+        else:
+            keep = [i for i in range(len(self.members)) if weights[i] > 0 or i == self.representation]
+        if len(keep) == len(self.members):
+            return self
+        return EnsembleConfig(
+            members=[self.members[i] for i in keep],
+            weights=[weights[i] for i in keep],
+            representation="all" if self.representation == "all" else keep.index(self.representation),
+            rep_weights=[rep_weights[i] for i in keep] if self.representation == "all" else [],
+            fitted=self.fitted,
+        )
 
     @property
     def normalized_weights(self) -> list[float]:

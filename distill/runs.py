@@ -33,11 +33,16 @@ def load_model(path: str, which: str = "auto") -> LoadedModel:
     if is_ensemble(path):
         if which == "student":
             raise ConfigError(f"{path} is an ensemble: it is one model (use --which auto or teacher)")
-        config = ensemble_config(path)
+        every = ensemble_config(path)
+        config = every.pruned()  # members of weight 0 are not built
         members = load_members(config)
         model = build_ensemble(config, members)
         weights = ", ".join(f"{w:.2f}" for w in config.normalized_weights)
-        description = f"ensemble {path} of {len(members)} ({weights}): " + "; ".join(m.description for m in members)
+        dropped = len(every.members) - len(members)
+        description = f"ensemble {path} of {len(members)} ({weights}" + (
+            f"; {dropped} of weight 0 left out" if dropped else ""
+        )
+        description += "): " + "; ".join(m.description for m in members)
         num_classes = int(model.output["predictions"].shape[-1])
         return LoadedModel(model, num_classes, int(model.input["frames"].shape[1]), description, "teacher")
     if is_student_dir(path):

@@ -105,7 +105,7 @@ def build_models(config: TrainConfig, *, only: str = "") -> Models:
     if with_teacher and config.teacher_outputs and only != "teacher":
         with_teacher = config.loss.resolved_head() == "teacher"  # stored outputs: built only for its head
     if with_teacher and ensemble:  # its members built and restored from their runs (distill/ensemble.py)
-        teacher = build_ensemble(ensemble_config(config.teacher_run))
+        teacher = build_ensemble(ensemble_config(config.teacher_run).pruned())
     else:
         teacher = build_model(config.teacher, name="teacher") if with_teacher else None
     if with_student:  # the student starts from the same weights whether or not a teacher was built before it

@@ -220,3 +220,33 @@ def test_the_ensemble_exports_as_one_onnx_graph_with_parity(runs, tmp_path):
         assert card["parity"]["passed"], card["parity"]
         assert [m["family"] for m in card["model_config"]["members"]] == ["hlstm", "rnn"]
     assert os.path.exists(exported / "fp32.onnx")
+
+
+def _member_names(ensemble) -> list[str]:
+    import tf_keras as keras
+
+    return [layer.name for layer in ensemble.layers if isinstance(layer, keras.Model)]
+
+
+def test_a_member_of_weight_zero_is_not_built_unless_l_rep_reads_it(runs):
+    from vidistill.distill.runs import load_model
+
+    out = runs["root"] / "zero"
+    _main("ensemble", runs["hlstm"], runs["gru"], "--out", out, "--weights", "0,1")
+    loaded = load_model(str(out))
+    assert _member_names(loaded.model) == ["member_0", "member_1"]
+    assert ensemble_config(str(out)).pruned().members == [str(runs["hlstm"]), str(runs["gru"])]  # L_REP: member 0
+    config = EnsembleConfig(members=["a", "b", "c"], weights=[0, 1, 1], representation=2)
+    pruned = config.pruned()
+    assert pruned.members == ["b", "c"] and pruned.weights == [0.5, 0.5] and pruned.representation == 1
+    every = EnsembleConfig(members=["a", "b"], weights=[0, 1], representation="all", rep_weights=[0, 1]).pruned()
+    assert every.members == ["b"] and every.rep_weights == [1.0]
+    out = runs["root"] / "zero-rep"
+    _main("ensemble", runs["hlstm"], runs["gru"], "--out", out, "--weights", "0,1", "--representation", "1")
+    loaded = load_model(str(out))
+    assert _member_names(loaded.model) == ["member_0"]
+    assert "1 of weight 0 left out" in loaded.description
+    batch = _batch(runs["data"].heldout)
+    np.testing.assert_allclose(
+        _outputs(out, batch)["predictions"], _outputs(runs["gru"], batch)["predictions"], atol=1e-7
+    )

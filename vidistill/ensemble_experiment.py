@@ -125,10 +125,12 @@ def _evaluate(model_dir: str, heldout: str) -> dict:
 
 
 def _ensemble_cell(members: list[str], out_dir: str, fit_data: str, heldout: str, representation: int) -> dict:
-    """The ensemble of `members`, weights fitted on `fit_data`, evaluated on `heldout` (child process)."""
+    """The ensemble of `members`, weights fitted on `fit_data` (equal weights when it is empty), evaluated on
+    `heldout` (child process)."""
     from vidistill.cli import main
 
-    argv = ["ensemble", *members, "--out", out_dir, "--fit-weights", fit_data, "--representation", str(representation)]
+    argv = ["ensemble", *members, "--out", out_dir, "--representation", str(representation)]
+    argv += ["--fit-weights", fit_data] if fit_data else []
     if main(argv) != 0:
         raise RuntimeError(f"vidistill {' '.join(argv)} failed")
     from vidistill.distill.ensemble import ensemble_config
@@ -266,7 +268,7 @@ class EnsembleExperiment(CellExperiment):
         if "speed/ensemble" not in self.results:  # the speed ensemble: equal weights, no fitting
             members = ",".join(self.run_dir(f"teacher/{f}") for f in c.speed_members)
             self._submit("speed/ensemble", _ensemble_cell, members.split(","), self.run_dir("speed/ensemble"),
-                         self.fit_data, self.heldout, 0)  # fmt: skip
+                         "", self.heldout, 0)  # fmt: skip
         for name, teacher_run, teacher in (
             ("hlstm", self.run_dir("teacher/hlstm"), family_config("hlstm", c)),
             ("ensemble", self.run_dir("speed/ensemble"), None),

@@ -36,7 +36,7 @@ def _ensemble_source(path: str):
     from vidistill.export.errors import ExportError
     from vidistill.export.source import ensemble_source, teacher_source
 
-    config = ensemble_config(path)
+    config = ensemble_config(path).pruned()  # members of weight 0 are not exported
     members = load_members(config)
     sources = []
     for member in members:

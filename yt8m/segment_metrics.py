@@ -19,6 +19,8 @@ Bugs of the official evaluation script that are avoided here:
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Mapping
 
 from vidistill.yt8m.constants import SEGMENT_TOP_K
@@ -74,7 +76,8 @@ def segment_map(
             continue
         aps.append(segment_average_precision(ids, rated, k))
     return {
-        "map": sum(aps) / len(aps) if aps else 0.0,
+        # fsum: exactly rounded, so the classes' order (eval's, or a CSV's) cannot change the last bit
+        "map": math.fsum(aps) / len(aps) if aps else 0.0,
         "num_classes_scored": len(aps),
         "num_classes_skipped": skipped,
     }
