@@ -67,6 +67,7 @@ class SegmentExperimentConfig:
             heldout=16,
             min_frames=30,
             max_frames=40,
+            families=("hlstm", "nextvlad"),  # the recurrent and the VLAD path (a third family: 80 s more in CI)
             video_steps=6,
             segment_steps=4,
             batch_size=8,
