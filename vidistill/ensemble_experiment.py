@@ -287,38 +287,23 @@ class EnsembleExperiment(CellExperiment):
 
     def _bench(self) -> None:
         """Every model's fp32 ONNX file (the ensemble as one graph), parity checked, timed at batch 1 in one run."""
-        from vidistill.bench.benchmark import BenchConfig, run_benchmark
-        from vidistill.export.config import ExportConfig
-        from vidistill.export.exporter import export
-        from vidistill.sources import export_source
+        from vidistill.experiment_bench import export_and_time
 
         if "latency" in self.results:
             return
         c = self.config
-        files = {}
-        for name in self.models():
-            out = os.path.join(self.out_dir, "export", name)
-            if not os.path.exists(os.path.join(out, "fp32.json")):
-                config = ExportConfig(precisions=["fp32"], eval_data=self.heldout, eval_videos=200)
-                export(export_source(self.run_dir(name)), out, config)
-            files[name] = os.path.join(out, "fp32.onnx")
-        bench = BenchConfig(
-            models=list(files.values()),
-            providers=["cpu"],
-            batches=[1],
+        latency = export_and_time(
+            {name: self.run_dir(name) for name in self.models()},
+            self.out_dir,
+            self.heldout,
+            precisions=("fp32",),
+            batches=(1,),
             duration=c.bench_duration,
             runs=c.bench_runs,
-            report=os.path.join(self.out_dir, "bench"),
-            profile=False,
             command="vidistill experiment ensemble (its bench stage)",
+            progress=self.progress,
         )
-        rows, _ = run_benchmark(bench, progress=self.progress)
-        latency = {}
-        for name, path in files.items():
-            for row in rows:
-                if os.path.abspath(row["path"]) == os.path.abspath(path) and row.get("p50_ms") is not None:
-                    latency[name] = row["p50_ms"]
-        self.results["latency"] = latency
+        self.results["latency"] = {name: times["fp32"]["1"] for name, times in latency.items()}
         self._save()
 
     # ------------------------------------------------------------------------------------------------ report

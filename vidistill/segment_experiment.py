@@ -211,39 +211,22 @@ class SegmentExperiment(CellExperiment):
 
     def _bench(self) -> None:
         """Every segment model's fp32 and int8-dynamic ONNX files, timed in one bench run."""
-        from vidistill.bench.benchmark import BenchConfig, run_benchmark
-        from vidistill.export.config import ExportConfig
-        from vidistill.export.exporter import export
-        from vidistill.sources import export_source
+        from vidistill.experiment_bench import export_and_time
 
         if "latency" in self.results:
             return
         c = self.config
-        files = {}
-        for name in self.segment_models():
-            out = os.path.join(self.out_dir, "export", name)
-            if not os.path.exists(os.path.join(out, "int8-dynamic.json")):
-                config = ExportConfig(precisions=["fp32", "int8-dynamic"], eval_data=self.heldout, eval_videos=200)
-                export(export_source(self.run_dir(name)), out, config)
-            files[name] = [os.path.join(out, f"{p}.onnx") for p in ("fp32", "int8-dynamic")]
-        bench = BenchConfig(
-            models=[path for paths in files.values() for path in paths],
-            providers=["cpu"],
-            batches=list(c.bench_batches),
+        self.results["latency"] = export_and_time(
+            {name: self.run_dir(name) for name in self.segment_models()},
+            self.out_dir,
+            self.heldout,
+            precisions=("fp32", "int8-dynamic"),
+            batches=tuple(c.bench_batches),
             duration=c.bench_duration,
             runs=c.bench_runs,
-            report=os.path.join(self.out_dir, "bench"),
-            profile=False,
             command="vidistill experiment segments (its bench stage)",
+            progress=self.progress,
         )
-        rows, _ = run_benchmark(bench, progress=self.progress)
-        latency: dict = {}
-        for name, paths in files.items():
-            for path, precision in zip(paths, ("fp32", "int8-dynamic")):
-                for row in rows:
-                    if os.path.abspath(row["path"]) == os.path.abspath(path) and row.get("p50_ms") is not None:
-                        latency.setdefault(name, {}).setdefault(precision, {})[str(row["batch"])] = row["p50_ms"]
-        self.results["latency"] = latency
         self._save()
 
     # ------------------------------------------------------------------------------------------------ report
