@@ -501,8 +501,9 @@ def test_onnx_export_parity(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["netfv", "nonlocal", "dbof", "mixnextvlad"])
 def test_quantized_exports_pass_their_gates(family, synth_data, tmp_path):
-    """A briefly trained tiny student of each new family through `vidistill export`: fp16, int8-dynamic and
-    int8-qat (tfmot wraps the new layers) pass their parity and accuracy gates on 60 held-out videos."""
+    """A briefly trained tiny student of each new family through `vidistill export`: fp16 and int8-dynamic (and
+    int8-qat for non-local NetVLAD, whose block tfmot must wrap) pass their parity and accuracy gates on 60
+    held-out videos."""
     import dataclasses as dc
 
     from vidistill.cli import main
@@ -527,7 +528,8 @@ def test_quantized_exports_pass_their_gates(family, synth_data, tmp_path):
         untrained, data.train, str(tmp_path / "student"), steps=40, batch_size=16, learning_rate=1e-2, progress=False
     )
     out = tmp_path / "onnx"
-    precisions = "fp32,fp16,int8-dynamic,int8-qat"
+    # int8-qat (tfmot wrapping the layers, a fine-tuning) for the family with new sublayers only: CI time
+    precisions = "fp32,fp16,int8-dynamic" + (",int8-qat" if family == "nonlocal" else "")
     argv = ["export", student, "--out", str(out), "--eval-data", data.heldout, "--calibration-data", data.train]
     assert main(argv + ["--precision", precisions, "--qat-steps", "3", "--batch-size", "16"]) == 0
     for name in precisions.split(","):
