@@ -181,8 +181,26 @@ class CellExperiment:
         with atomic_write(self.results_path) as f:
             json.dump(self.results, f, indent=1)
 
+    REPORT = ""  # the report's file name in OUT
+    TIME_LABEL = "Training and evaluation time of all cells"
+
+    def table(self) -> str:
+        raise NotImplementedError
+
+    def write_report(self) -> str:
+        """OUT/REPORT: the table, the cells' total time and the configuration."""
+        path = os.path.join(self.out_dir, self.REPORT)
+        total = sum(v["seconds"] for k, v in self.results.items() if k != "latency")
+        with atomic_write(path) as f:
+            f.write(self.table())
+            f.write(f"\n{self.TIME_LABEL}: {total / 60:.1f} min.\n")
+            f.write("\nConfiguration: " + json.dumps(dataclasses.asdict(self.config)) + "\n")
+        return path
+
 
 class Table1(CellExperiment):
+    REPORT = "table1.md"
+
     # ---------------------------------------------------------------------------------------------- running
     def run(self) -> dict:
         claim_experiment_dir(self.out_dir, self.config)
@@ -328,12 +346,3 @@ class Table1(CellExperiment):
         if "teacher" in r:
             text += f"\nTeacher parameters: {r['teacher']['parameters']:,}.\n"
         return text
-
-    def write_report(self) -> str:
-        path = os.path.join(self.out_dir, "table1.md")
-        total = sum(v["seconds"] for v in self.results.values())
-        with open(path, "w") as f:
-            f.write(self.table())
-            f.write(f"\nTraining and evaluation time of all cells: {total / 60:.1f} min.\n")
-            f.write("\nConfiguration: " + json.dumps(dataclasses.asdict(self.config)) + "\n")
-        return path

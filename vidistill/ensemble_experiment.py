@@ -29,7 +29,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from vidistill.distill.experiments import CellExperiment
-from vidistill.yt8m.files import atomic_write
 
 FAMILIES = ("hlstm", "netvlad", "nextvlad", "netfv", "dbof")
 STUDENT_LOSS = {"ce": 1.0, "rep": 0.01, "pred": 1.0}  # L_REP + L_PRED + L_CE, Table 1's best row
@@ -151,6 +150,9 @@ def _outputs_cell(model_dir: str, data: str, out_dir: str) -> dict:
 
 
 class EnsembleExperiment(CellExperiment):
+    REPORT = "ensemble.md"
+    TIME_LABEL = "Time of all cells"  # (it includes writing teacher outputs)
+
     def __init__(self, config: EnsembleExperimentConfig, out_dir: str, progress: bool = True):
         super().__init__(config, out_dir, progress)
         shard = os.path.join(self.data_dir, "train-0000{}-of-00004.tfrecord")
@@ -358,13 +360,3 @@ class EnsembleExperiment(CellExperiment):
                     f"{cost['videos']} videos ({cost['bytes'] / 1e6:.1f} MB) |\n"
                 )
         return text
-
-    def write_report(self) -> str:
-        path = os.path.join(self.out_dir, "ensemble.md")
-        cells = [v for k, v in self.results.items() if k != "latency"]
-        total = sum(v["seconds"] for v in cells)
-        with atomic_write(path) as f:
-            f.write(self.table())
-            f.write(f"\nTime of all cells: {total / 60:.1f} min.\n")
-            f.write("\nConfiguration: " + json.dumps(dataclasses.asdict(self.config)) + "\n")
-        return path

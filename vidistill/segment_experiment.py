@@ -23,7 +23,6 @@ finished cell, which a second run does not train again. Writes OUT/segments.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import time
@@ -31,7 +30,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from vidistill.distill.experiments import CellExperiment
-from vidistill.yt8m.files import atomic_write
 
 FAMILIES = ("hlstm", "nextvlad", "transformer")
 STUDENT_LOSS = {"ce": 1.0, "rep": 0.01, "pred": 1.0}  # L_REP + L_PRED + L_CE, Table 1's best row
@@ -112,6 +110,8 @@ def _cell(config, run_dir: str, heldout: str, shifts: tuple[int, ...]) -> dict:
 
 
 class SegmentExperiment(CellExperiment):
+    REPORT = "segments.md"
+
     def __init__(self, config: SegmentExperimentConfig, out_dir: str, progress: bool = True):
         super().__init__(config, out_dir, progress)
         self.train_data = os.path.join(self.data_dir, "train-*.tfrecord")
@@ -278,13 +278,3 @@ class SegmentExperiment(CellExperiment):
                     f"| {timing(name)} |\n"
                 )
         return text
-
-    def write_report(self) -> str:
-        path = os.path.join(self.out_dir, "segments.md")
-        cells = [v for k, v in self.results.items() if k != "latency"]
-        total = sum(v["seconds"] for v in cells)
-        with atomic_write(path) as f:
-            f.write(self.table())
-            f.write(f"\nTraining and evaluation time of all cells: {total / 60:.1f} min.\n")
-            f.write("\nConfiguration: " + json.dumps(dataclasses.asdict(self.config)) + "\n")
-        return path
