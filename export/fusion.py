@@ -87,15 +87,45 @@ class _Graph:
         return array is not None and array.size == 1 and abs(float(array.reshape(-1)[0]) - value) <= tolerance
 
 
-def _split_input(g: _Graph, name: str, perm: list[int]) -> str | None:
-    """The [B, T, A * d] tensor that a Reshape to [B, T, A, d] and a Transpose by `perm` turned into `name`."""
+def _split_input(g: _Graph, name: str, perm: list[int]) -> tuple[str, str] | None:
+    """(the tensor that a Reshape to [B, T, A, d] and a Transpose by `perm` turned into `name`, that Reshape's
+    target shape). The tensor is [B, T, A * d], or [B * T, A * d] where tf2onnx merged the projection's own reshape
+    back to 3-D into this one (a projection without a bias add between them: an untrained one, whose zero bias
+    grappler folded away)."""
     transpose = g.producer.get(name)
     if transpose is None or transpose.op_type != "Transpose":
         return None
     if [list(a.ints) for a in transpose.attribute if a.name == "perm"] != [perm]:
         return None
     reshape = g.producer.get(transpose.input[0])
-    return reshape.input[0] if reshape is not None and reshape.op_type == "Reshape" else None
+    return (reshape.input[0], reshape.input[1]) if reshape is not None and reshape.op_type == "Reshape" else None
+
+
+def _three_d(split: tuple[str, str], width: int, added: list) -> str:
+    """The split input as [B, T, A * d] (what MultiHeadAttention takes) whatever its rank: reshaped to the first two
+    entries of the heads' target shape, then A * d (a no-op on a tensor that is 3-D already)."""
+    tensor, shape = split
+    name = f"{tensor}/three_d"
+
+    def constant(suffix: str, value: np.ndarray) -> str:
+        added.append(
+            helper.make_node(
+                "Constant", [], [f"{name}/{suffix}"], name=f"{name}/{suffix}", value=numpy_helper.from_array(value)
+            )
+        )
+        return f"{name}/{suffix}"
+
+    starts, ends, width_shape = (
+        constant("starts", np.array([0], np.int64)),
+        constant("ends", np.array([2], np.int64)),
+        constant("width", np.array([width], np.int64)),
+    )
+    added += [
+        helper.make_node("Slice", [shape, starts, ends], [f"{name}/rows"], name=f"{name}/rows"),
+        helper.make_node("Concat", [f"{name}/rows", width_shape], [f"{name}/shape"], name=f"{name}/shape", axis=0),
+        helper.make_node("Reshape", [tensor, f"{name}/shape"], [name], name=name),
+    ]
+    return name
 
 
 def _attention(g: _Graph, scope: str, heads: int, head_size: int, lengths: dict[str, str], added: list) -> bool:
@@ -131,6 +161,7 @@ def _attention(g: _Graph, scope: str, heads: int, head_size: int, lengths: dict[
     bias = bias[0]
     if bias not in lengths:  # keys whose bias is 0 are real: their count per video, [B] int32
         lengths[bias] = _key_lengths(bias, added)
+    q, k, v = (_three_d(split, heads * head_size, added) for split in (q, k, v))
     added.append(
         helper.make_node(
             "MultiHeadAttention",
