@@ -66,6 +66,9 @@ class BenchConfig:
     peak_size: int | None = None  # MatMul peak n; None: 2048 on CPU, 8192 on GPU
     profile: bool = True  # per-node providers from a short profiled session
     command: str = ""
+    # an any-k student's file is timed at each of these k's (a model per k, labelled MODEL@kK); None: at each k it
+    # was trained at. Files of one k are timed at their k whatever this says
+    frames: list[int] | None = None
 
     def validate(self) -> None:
         if not self.models:
@@ -133,6 +136,27 @@ def resolve_model(path: str) -> Model:
     return model
 
 
+def models_at_k(model: Model, frames: list[int] | None) -> list[Model]:
+    """An any-k student's file as one model per k (`frames`, None: each k it was trained at), each with its card at
+    that k (ModelCard.for_k: frames, FLOPs, accuracy) and labelled MODEL@kK; a k it was not trained at becomes a
+    model whose row says so. Any other model as it is."""
+    card = model.card
+    if card is None or not getattr(card, "frame_counts", None):
+        return [model]
+    views = []
+    for k in frames or card.frame_counts:
+        view = dataclasses.replace(model, label=f"{model.label}@k{k}")
+        try:
+            view.card = card.for_k(k)
+        except ConfigError as e:
+            view.card, view.error = None, first_line(e)
+        else:
+            if view.reference is not None and view.reference_frames == card.frames:
+                view.reference_frames = k  # the any-k fp32 file, at the same k
+        views.append(view)
+    return views
+
+
 def resolve_baseline(name: str | None, models: list[Model]) -> str:
     if name is None:
         return models[0].label
@@ -162,7 +186,7 @@ class Benchmark:
         self.config = config
         self.threads = config.threads or physical_cores()
         self.progress = progress
-        self.models = [resolve_model(p) for p in config.models]
+        self.models = [at_k for p in config.models for at_k in models_at_k(resolve_model(p), config.frames)]
         _unique_labels(self.models)
         self.baseline = resolve_baseline(config.baseline, self.models)
         self.notes: list[str] = []

@@ -149,6 +149,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {value}")
         if self.init and self.init_student:
             raise ConfigError("init (a run) and init_student (a converted student) both start the models: pass one")
+        if self.data.segments and self.student is not None and self.student.any_k:
+            raise ConfigError(
+                "data.segments: an any-k student is for whole videos (a segment has 5 frames); train one k"
+            )
         if self.data.segments:
             # videos are read at data.max_frames; the models take one 5-frame segment, padded to their length
             if self.teacher and self.teacher.frames < SEGMENT_FRAMES:

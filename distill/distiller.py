@@ -21,7 +21,7 @@ import tf_keras as keras
 from vidistill.distill.heads import HeadPolicy, classifier_head, head_policy
 from vidistill.distill.losses import LossWeights
 from vidistill.distill.modes import Mode
-from vidistill.distill.terms import LossInputs, LossTerm, terms_for, weighted_sum
+from vidistill.distill.terms import LossInputs, LossTerm, Prediction, terms_for, weighted_sum
 from vidistill.yt8m.errors import ConfigError
 from vidistill.yt8m.quantize import dequantize_frames
 
@@ -45,6 +45,7 @@ class Distiller(keras.Model):
         student: keras.Model | None,
         loss_weights: LossWeights,
         projection: keras.layers.Layer | None = None,
+        student_views: dict[int, keras.Model] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -59,6 +60,10 @@ class Distiller(keras.Model):
         # set past Keras' attribute tracking: the policy's variables would become the Distiller's own weights
         object.__setattr__(self, "head_policy", policy)
         object.__setattr__(self, "terms", tuple(terms))
+        # an any-k student: {k: the student at k} (students/student.py: student_views; their weights are the
+        # student's, tracked through it), each trained every step; None: one k
+        views = dict(sorted(student_views.items())) if student_views and len(student_views) > 1 else None
+        object.__setattr__(self, "student_views", views)
         # seconds the train steps spent computing, from their inputs' arrival to their updates (the trainer's
         # input-wait share); a counter, not a weight (set past Keras' tracking too)
         compute_seconds = tf.Variable(
@@ -68,6 +73,7 @@ class Distiller(keras.Model):
 
     head_policy: HeadPolicy
     terms: tuple[LossTerm, ...]
+    student_views: dict[int, keras.Model] | None
     compute_seconds: tf.Variable
 
     def call(self, batch, training=False):
@@ -86,13 +92,13 @@ class Distiller(keras.Model):
             }
         elif self.teacher is not None:
             teacher_out = self.teacher(x, training=training and self.mode.trains_teacher)
-        if self.student is not None:
-            # the head policy reads the student's own representation ("own", in every mode but distilling: as it is)
-            student_out = self.head_policy.student_outputs(dict(self.student(x, training=training)), training)
-            if self.projection is not None:  # L_REP compares at the teacher's width
-                student_out["representation"] = self.projection(student_out["representation"])
-        inputs = LossInputs(batch["labels"], teacher_out, student_out, batch.get("label_weights"))
-        logs, totals = weighted_sum(self.terms, inputs)
+        if self.student_views is not None:
+            logs, totals = self._any_k_losses(batch, x, teacher_out, training)
+        else:
+            if self.student is not None:
+                student_out = self._student_outputs(self.student, x, training)
+            inputs = LossInputs(batch["labels"], teacher_out, student_out, batch.get("label_weights"))
+            logs, totals = weighted_sum(self.terms, inputs)
         if self.mode.distills:
             logs["student_total"] = totals["student"]
         total = totals["student"] + totals["teacher"]
@@ -100,6 +106,43 @@ class Distiller(keras.Model):
             loss for m in (self.teacher, self.student) if m is not None and m.trainable for loss in m.losses
         ]
         return {"loss": total + tf.add_n(regularization) if regularization else total, **logs}
+
+    def _student_outputs(self, student, x, training: bool) -> dict:
+        # the head policy reads the student's own representation ("own", in every mode but distilling: as it is)
+        outputs = self.head_policy.student_outputs(dict(student(x, training=training)), training)
+        if self.projection is not None:  # L_REP compares at the teacher's width
+            outputs["representation"] = self.projection(outputs["representation"])
+        return outputs
+
+    def _any_k_losses(self, batch, x, teacher_out, training: bool) -> tuple[dict, dict]:
+        """An any-k student's terms at every k of its set, each logged as NAME_kK and averaged over the k's under
+        NAME (the student's total is that average: a loss on the scale of one k's); the teacher's terms once;
+        with loss.self_pred, "self_pred": the mean over the smaller k's of L_PRED from the largest k's pass."""
+        labels, label_weights = batch["labels"], batch.get("label_weights")
+        teacher_terms = [term for term in self.terms if term.trains == "teacher"]
+        student_terms = [term for term in self.terms if term.trains != "teacher"]
+        logs, totals = weighted_sum(teacher_terms, LossInputs(labels, teacher_out, None, label_weights))
+        outputs = {k: self._student_outputs(view, x, training) for k, view in self.student_views.items()}
+        share = 1.0 / len(outputs)
+        student_total = tf.constant(0.0, tf.float32)
+        for k, student_out in outputs.items():
+            values, parts = weighted_sum(student_terms, LossInputs(labels, teacher_out, student_out, label_weights))
+            for name, value in values.items():
+                logs[f"{name}_k{k}"] = value
+                logs[name] = logs.get(name, 0.0) + share * value
+            student_total += share * parts["student"]
+        weight = self.loss_weights.self_pred
+        if weight > 0:
+            largest = outputs[max(outputs)]
+            self_pred = Prediction(1.0, self.loss_weights.pred_kind, self.loss_weights.temperature)
+            smaller = [
+                self_pred.compute(LossInputs(labels, largest, outputs[k]).with_frozen_teacher())
+                for k in outputs
+                if k != max(outputs)
+            ]
+            logs["self_pred"] = tf.add_n(smaller) / len(smaller)
+            student_total += weight * logs["self_pred"]
+        return logs, {"teacher": totals["teacher"], "student": student_total}
 
     def train_step(self, batch):
         with tf.control_dependencies(tf.nest.flatten(batch)):

@@ -208,9 +208,12 @@ class LossWeights:
     temperature: float = 1.0
     head: str = "auto"
     extra: dict[str, float] = field(default_factory=dict)  # weights of registered loss terms (distill/terms.py)
+    # an any-k student: L_PRED (pred_kind, temperature) from its largest-k pass, through a stop-gradient, to each
+    # of its smaller k's (the Frame Flexible Network's self-distillation); 0: off. Ignored by single-k students
+    self_pred: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("ce", "rep", "pred"):
+        for name in ("ce", "rep", "pred", "self_pred"):
             setattr(self, name, _weight(f"LossWeights.{name}", getattr(self, name)))
         if self.pred_kind not in PREDICTION_LOSSES:
             raise ConfigError(

@@ -28,7 +28,7 @@ from vidistill.distill.ensemble import build_ensemble, ensemble_config, is_ensem
 from vidistill.distill.optimizer import FusedAdam
 from vidistill.distill.warm_start import check_init, restore_init
 from vidistill.students.convert import load_student_weights
-from vidistill.students.student import RepresentationProjection, build_student
+from vidistill.students.student import RepresentationProjection, build_student, student_views
 from vidistill.teachers.registry import build_model
 from vidistill.yt8m.constants import SEGMENT_FRAMES
 from vidistill.yt8m.readers import BadRecords, list_files, read_frame_dataset, require_segment_ratings
@@ -423,12 +423,15 @@ class Run:
             if config.init_student:
                 load_student_weights(self.models.student, config.init_student)
             self.optimizer = _optimizer(config)
+            # an any-k student at each of its k's (one entry: a single-k student)
+            self.student_views = student_views(self.models.student, config.student) if self.models.student else {}
             self.distiller = Distiller(
                 config.mode,
                 self.models.teacher,
                 self.models.student,
                 config.loss,
                 self.models.projection,
+                student_views=self.student_views,
             )
             self.distiller.compile(optimizer=self.optimizer)
         # models that cannot be built (e.g. loss.head "teacher" with a narrower student) fail before this point
@@ -569,6 +572,21 @@ class Run:
         if config.data.segments:
             result = evaluate_segments(model, config.data.eval, **common)
             return {"segment_map": result.pop("map"), **result}
+        if student and config.student.any_k:  # at every k: NAME_kK, and NAME their mean (the best checkpoint's)
+            per_k = {
+                k: evaluate_model(
+                    view,
+                    config.data.eval,
+                    max_videos=config.data.eval_videos,
+                    select=config.student.frames_to_decode(k=k),
+                    **common,
+                )
+                for k, view in self.student_views.items()
+            }
+            names = [name for name, value in per_k[config.student.k].items() if isinstance(value, float)]
+            means = {name: float(np.mean([result[name] for result in per_k.values()])) for name in names}
+            per_k_names = {f"{name}_k{k}": result[name] for k, result in per_k.items() for name in names}
+            return {**per_k[config.student.k], **means, **per_k_names}
         return evaluate_model(
             model,
             config.data.eval,

@@ -59,6 +59,24 @@ class Accuracy:
 
 
 @dataclass
+class AtK:
+    """An any-k file at one of its k's (ModelCard.at_k): its cost and its checks there."""
+
+    flops_per_video: int
+    weight_reads_per_video: int = 0
+    parity: Parity | None = None
+    accuracy: Accuracy | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AtK:
+        data = dict(data)
+        for key, kind in (("parity", Parity), ("accuracy", Accuracy)):
+            if data.get(key) is not None:
+                data[key] = kind(**data[key])
+        return cls(**data)
+
+
+@dataclass
 class ModelCard:
     precision: str  # fp32, fp16, bf16, int8-dynamic, int8-static, int8-qat
     file: str  # the ONNX file's name, relative to the card
@@ -91,9 +109,44 @@ class ModelCard:
     versions: dict = field(default_factory=dict)
     created: str = ""
     card_version: int = CARD_VERSION
+    # an any-k student's file: the k's it was trained and checked at ([]: one k, `frames`); its frames input takes
+    # [batch, k, 1152] for each of them, and `at_k` holds its cost and checks at each ("10": at k=10). Then
+    # `frames`, `selection`, the FLOPs and `accuracy` are the largest k's, and `parity` the worst over the k's
+    frame_counts: list[int] = field(default_factory=list)
+    at_k: dict[str, AtK] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """The k's this file runs at (a teacher's: its frames)."""
+        return tuple(self.frame_counts) or (self.frames,)
+
+    def for_k(self, k: int | None) -> ModelCard:
+        """This card as the card of the file at k (None: as it is): frames, selection, FLOPs, weight reads, parity
+        and accuracy at k. A ConfigError where the file was not trained at k."""
+        if k is None or (not self.frame_counts and k == self.frames):
+            return self
+        if k not in self.frame_counts:
+            trained = ", ".join(map(str, self.ks))
+            what = "an any-k student trained at k =" if self.frame_counts else f"a {self.role} of k ="
+            raise ConfigError(
+                f"{self.file} is {what} {trained}; k={k} is not one of them: choose one of those"
+                + ("" if self.frame_counts else " (or export an any-k student, trained with --frames K1,K2,...)")
+            )
+        at = self.at_k[str(k)]
+        return dataclasses.replace(
+            self,
+            frames=k,
+            selection={**self.selection, "k": k} if self.selection else None,
+            flops_per_video=at.flops_per_video,
+            weight_reads_per_video=at.weight_reads_per_video,
+            parity=at.parity,
+            accuracy=at.accuracy,
+            frame_counts=[],
+            at_k={},
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelCard:
@@ -108,6 +161,7 @@ class ModelCard:
         for key, kind in (("parity", Parity), ("accuracy", Accuracy)):
             if data.get(key) is not None:
                 data[key] = kind(**data[key])
+        data["at_k"] = {str(k): AtK.from_dict(at) for k, at in data.get("at_k", {}).items()}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:

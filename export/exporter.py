@@ -21,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from vidistill.export import onnx_export, precision, quantize
-from vidistill.export.card import Accuracy, ModelCard, Parity, card_path, write_card
+from vidistill.export.card import Accuracy, AtK, ModelCard, Parity, card_path, write_card
 from vidistill.export.config import (
     FULL_LEVELS,
     ONNX_PRECISIONS,
@@ -135,6 +135,7 @@ class Exporter:
         self.bad_records = bad_records  # a readers.BadRecords: the record readers skip and count bad records
         self.fp32: onnx.ModelProto | None = None
         self.held_out: HeldOut | None = None
+        self.held_outs: dict[int, HeldOut] = {}
         self.cards: list[ModelCard] = []
 
     # -- the variants ------------------------------------------------------------------------------------------
@@ -179,20 +180,27 @@ class Exporter:
         return f"7-bit int8 weights [-{levels}, {levels}]: exact on every x86 CPU, VNNI or not"
 
     def _calibration_inputs(self) -> Iterator[dict[str, np.ndarray]]:
+        """The calibration batches (an any-k student's: as many at each of its k's)."""
         pattern = self.config.calibration_data
-        batches = record_batches(
-            pattern,
-            self.source,
-            self.config.batch_size,
-            self.config.calibration_batches * self.config.batch_size,
-            bad_records=self.bad_records,
-        )
-        for frames, num_frames, _ in batches:
-            yield prepare_inputs(self.source, frames, num_frames)
+        for source in (held_out.source for held_out in self.held_outs.values()):
+            batches = record_batches(
+                pattern,
+                source,
+                self.config.batch_size,
+                self.config.calibration_batches * self.config.batch_size,
+                bad_records=self.bad_records,
+            )
+            for frames, num_frames, _ in batches:
+                yield prepare_inputs(source, frames, num_frames)
 
     def _qat(self):
         from vidistill.export import qat
 
+        if self.source.frame_counts:
+            raise ExportError(
+                "int8-qat fine-tunes at one k, and this any-k student runs at several: export it as int8-dynamic "
+                "or int8-static (checked at each of its k's)"
+            )
         if self.source.members:
             raise ExportError(
                 "int8-qat fine-tunes one network: an ensemble's members each take it (export each run with "
@@ -256,12 +264,38 @@ class Exporter:
             source=s.origin,
             versions=_versions(),
             created=datetime.datetime.now().isoformat(timespec="seconds"),
+            frame_counts=list(s.frame_counts),
+            at_k={
+                str(k): AtK(held_out.source.flops(), held_out.source.weight_reads(fused=name not in TF_PRECISIONS))
+                for k, held_out in self.held_outs.items()
+            }
+            if s.frame_counts
+            else {},
         )
 
     def _check(self, card: ModelCard, run, tf_references: list[np.ndarray] | None) -> None:
         """Parity against the TF model's predictions (or `tf_references`, one array per held-out batch) and
-        accuracy."""
-        held_out = self.held_out
+        accuracy; an any-k student's at each of its k's (card.at_k), its parity the worst of them and its accuracy
+        the largest k's."""
+        if not card.frame_counts:
+            card.parity, card.accuracy = self._measure(card, run, tf_references, self.held_out)
+            return
+        for k, held_out in self.held_outs.items():
+            at = card.at_k[str(k)]
+            at.parity, at.accuracy = self._measure(card, run, None, held_out, label=f" at k={k}")
+        checks = [at.parity for at in card.at_k.values()]
+        card.parity = Parity(
+            videos=self.held_out.videos,
+            max_abs=max(p.max_abs for p in checks),
+            max_rel=max(p.max_rel for p in checks),
+            mean_abs=float(np.mean([p.mean_abs for p in checks])),
+            passed=all(p.passed for p in checks),
+        )
+        card.accuracy = card.at_k[str(self.source.frames)].accuracy
+
+    def _measure(
+        self, card: ModelCard, run, tf_references: list[np.ndarray] | None, held_out: HeldOut, label: str = ""
+    ) -> tuple[Parity, Accuracy | None]:
         max_abs = max_rel = total = 0.0
         count = 0
         predictions = []
@@ -273,29 +307,36 @@ class Exporter:
             total += float(error.sum())
             count += error.size
             predictions.append(scores)
-        card.parity = Parity(
+        parity = Parity(
             videos=held_out.videos,
             max_abs=max_abs,
             max_rel=max_rel,
             mean_abs=total / max(count, 1),
             passed=max_abs <= card.tolerance.max_abs,
         )
-        if held_out.labeled:
-            m = _metrics(predictions, held_out.labels, self.source.classes)
-            reference_gap = held_out.reference_metrics["gap"]
-            card.accuracy = Accuracy(
-                data=self.config.eval_data,
-                videos=held_out.videos,
-                hit_at_1=m["hit_at_one"],
-                perr=m["perr"],
-                gap=m["gap"],
-                map=m["map"],
-                reference_gap=reference_gap,
+        if not held_out.labeled:
+            return parity, None
+        m = _metrics(predictions, held_out.labels, self.source.classes)
+        reference_gap = held_out.reference_metrics["gap"]
+        accuracy = Accuracy(
+            data=self.config.eval_data,
+            videos=held_out.videos,
+            hit_at_1=m["hit_at_one"],
+            perr=m["perr"],
+            gap=m["gap"],
+            map=m["map"],
+            reference_gap=reference_gap,
+        )
+        if held_out.videos < MIN_ACCURACY_VIDEOS:
+            note = f"GAP drop not checked: {held_out.videos} held-out videos < {MIN_ACCURACY_VIDEOS}"
+            if note not in card.notes:
+                card.notes.append(note)
+        elif reference_gap - m["gap"] > card.tolerance.gap_drop:
+            parity.passed = False
+            card.notes.append(
+                f"GAP{label} {m['gap']:.4f} is {reference_gap - m['gap']:.4f} below the TF model's {reference_gap:.4f}"
             )
-            if held_out.videos < MIN_ACCURACY_VIDEOS:
-                card.notes.append(f"GAP drop not checked: {held_out.videos} held-out videos < {MIN_ACCURACY_VIDEOS}")
-            elif reference_gap - m["gap"] > card.tolerance.gap_drop:
-                card.parity.passed = False
+        return parity, accuracy
 
     # -- the whole export --------------------------------------------------------------------------------------
     def run(self) -> list[ModelCard]:
@@ -310,7 +351,11 @@ class Exporter:
             yaml.safe_dump(
                 {"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False
             )
-        self.held_out = HeldOut(self.source, self.config, self.bad_records)
+        # the videos each k is checked on (one k but for an any-k student); self.held_out: the default k's
+        ks = self.source.frame_counts
+        sources = {k: self.source.at_k(k) for k in ks} if ks else {self.source.frames: self.source}
+        self.held_outs = {k: HeldOut(source, self.config, self.bad_records) for k, source in sources.items()}
+        self.held_out = self.held_outs[self.source.frames]
         self.fp32 = onnx_export.convert_source(self.source, opset=self.config.opset, fuse=self.config.fuse)
         trim_heap()  # the conversion's freed copies go back to the OS before the variants need memory
         remaining = list(self.config.precisions)
@@ -328,7 +373,7 @@ class Exporter:
         card = self._provisional_card(name, os.path.basename(final))
         try:
             if name in TF_PRECISIONS:
-                save_saved_model(self.source.network, self.source.frames, tmp, name)
+                save_saved_model(self.source.network, self.source.input_frames, tmp, name)
                 runner = SavedModelRunner(tmp)
                 self._check(card, runner.run, None)
                 card.file_bytes = directory_bytes(tmp)
@@ -394,4 +439,8 @@ def summary_rows(cards: list[ModelCard]) -> list[dict]:
                 "passed": p.passed if p else None,
             }
         )
+        if card.at_k:  # an any-k student: its GAP at each k (the GAP column is the largest k's)
+            rows[-1]["GAP per k"] = "  ".join(
+                f"{k}: {at.accuracy.gap:.4f}" if at.accuracy else f"{k}: -" for k, at in card.at_k.items()
+            )
     return rows

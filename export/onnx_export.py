@@ -46,24 +46,30 @@ def unmasked_recurrence(model):
 FUSION_NOTE = "vidistill_fusion"  # metadata key: what export/fusion.py fused (a transformer network)
 
 
-def convert(network, config: ModelConfig, *, opset: int = OPSET, fuse: bool = True) -> onnx.ModelProto:
-    """The network as an ONNX model: inputs frames [batch, frames, 1152] float32 and num_frames [batch] int32,
-    outputs predictions and representation; recurrent layers as fused nodes with sequence lengths; a transformer's
-    attention, LayerNorm and GELU as fused nodes unless `fuse` is False (export/fusion.py, whose report is kept in
-    the model's metadata under FUSION_NOTE)."""
+def convert(
+    network, config: ModelConfig, *, opset: int = OPSET, fuse: bool = True, any_length: bool = False
+) -> onnx.ModelProto:
+    """The network as an ONNX model: inputs frames [batch, frames, 1152] float32 ([batch, k, 1152], k dynamic, with
+    `any_length`: an any-k student's backbone) and num_frames [batch] int32, outputs predictions and
+    representation; recurrent layers as fused nodes with sequence lengths; a transformer's attention, LayerNorm and
+    GELU as fused nodes unless `fuse` is False (export/fusion.py, whose report is kept in the model's metadata under
+    FUSION_NOTE)."""
+    frames = None if any_length else config.frames
     with unmasked_recurrence(network) as recurrent:
-        proto = function_to_onnx(serving_function(network, config.frames), signature(config.frames), opset=opset)
+        proto = function_to_onnx(serving_function(network, frames), signature(frames), opset=opset)
     unfused = sorted({n.op_type for n in proto.graph.node if n.op_type in UNFUSED_OPS})
     if unfused:
         raise ExportError(f"tf2onnx produced {', '.join(unfused)} nodes instead of fused recurrent nodes")
     if recurrent:
-        attach_sequence_lengths(proto, config)
+        attach_sequence_lengths(proto, config, any_length=any_length)
     if fuse and isinstance(config, TransformerConfig):
         from vidistill.export.fusion import fuse_transformer
 
         report = fuse_transformer(proto, config.heads, config.head_size)
         helper.set_model_props(proto, {FUSION_NOTE: report.note()})
-    proto.doc_string = f"vidistill {config.family} network, {config.frames} input frames"
+    proto.doc_string = f"vidistill {config.family} network, " + (
+        "any number of input frames" if any_length else f"{config.frames} input frames"
+    )
     return proto  # checked by save_model, from the file (a check of the proto would serialize a copy of it)
 
 
@@ -71,33 +77,55 @@ def convert_source(source, *, opset: int = OPSET, fuse: bool = True) -> onnx.Mod
     """An ExportSource's network as ONNX: `convert`, or for an ensemble each member's `convert` joined into one
     graph (export/ensemble_graph.py)."""
     if not source.members:
-        return convert(source.network, source.config, opset=opset, fuse=fuse)
+        any_length = source.input_frames is None
+        return convert(source.network, source.config, opset=opset, fuse=fuse, any_length=any_length)
     from vidistill.export.ensemble_graph import join_members
 
     protos = [convert(m.network, m.config, opset=opset, fuse=fuse) for m in source.members]
     return join_members(protos, [m.frames for m in source.members], **source.ensemble)
 
 
-def _lengths_nodes(config: ModelConfig) -> tuple[list, list, dict[str, str]]:
-    """ONNX nodes computing the sequence lengths from the graph input num_frames; returns (nodes, initializers,
-    {which recurrent stack: lengths tensor name})."""
+def _lengths_nodes(config: ModelConfig, any_length: bool = False) -> tuple[list, list, dict[str, str]]:
+    """ONNX nodes computing the sequence lengths from the graph inputs (num_frames; with `any_length`, the frames
+    input's length T too); returns (nodes, initializers, {which recurrent stack: lengths tensor name})."""
 
     def const(name, value, dtype=np.int32):
         return numpy_helper.from_array(np.asarray(value, dtype), f"vidistill_{name}")
 
     c = lambda name: f"vidistill_{name}"  # noqa: E731
-    inits = [const("zero", 0), const("frames", config.frames), const("axis1", [1], np.int64)]
-    nodes = [
-        helper.make_node("Max", ["num_frames", c("zero")], [c("n_nonneg")]),
-        helper.make_node("Min", [c("n_nonneg"), c("frames")], [c("n")]),
-    ]
-    if isinstance(config, HLSTMConfig):
-        size, chunks = config.chunk_frames, config.chunks
-        inits += [
-            const("chunk_starts", (np.arange(chunks) * size)[None]),
-            const("chunk_size", size),
-            const("flat", [-1], np.int64),
+    inits = [const("zero", 0), const("one", 1), const("axis0", [0], np.int64), const("axis1", [1], np.int64)]
+    nodes = [helper.make_node("Max", ["num_frames", c("zero")], [c("n_nonneg")])]
+    if any_length:  # T: the frames input's second dimension
+        nodes += [
+            helper.make_node("Shape", ["frames"], [c("shape")]),
+            helper.make_node("Gather", [c("shape"), c("one")], [c("length64")], axis=0),
+            helper.make_node("Cast", [c("length64")], [c("frames")], to=TensorProto.INT32),
         ]
+    else:
+        inits.append(const("frames", config.frames))
+    nodes.append(helper.make_node("Min", [c("n_nonneg"), c("frames")], [c("n")]))
+    if isinstance(config, HLSTMConfig):
+        if config.chunk_rule == "sqrt":  # chunks = clip(round(sqrt(T)), 1, T) of ceil(T / chunks) frames
+            inits.append(const("minus_one", -1))
+            nodes += [
+                helper.make_node("Max", [c("frames"), c("one")], [c("t")]),
+                helper.make_node("Cast", [c("t")], [c("t_float")], to=TensorProto.FLOAT),
+                helper.make_node("Sqrt", [c("t_float")], [c("root")]),
+                helper.make_node("Round", [c("root")], [c("root_rounded")]),
+                helper.make_node("Cast", [c("root_rounded")], [c("root_int")], to=TensorProto.INT32),
+                helper.make_node("Max", [c("root_int"), c("one")], [c("chunks_low")]),
+                helper.make_node("Min", [c("chunks_low"), c("t")], [c("chunks")]),
+                helper.make_node("Add", [c("t"), c("chunks")], [c("t_plus")]),
+                helper.make_node("Add", [c("t_plus"), c("minus_one")], [c("t_ceil")]),
+                helper.make_node("Div", [c("t_ceil"), c("chunks")], [c("chunk_size")]),
+                helper.make_node("Range", [c("zero"), c("chunks"), c("one")], [c("chunk_index")]),
+                helper.make_node("Mul", [c("chunk_index"), c("chunk_size")], [c("chunk_starts_flat")]),
+                helper.make_node("Unsqueeze", [c("chunk_starts_flat"), c("axis0")], [c("chunk_starts")]),
+            ]
+        else:
+            size, chunks = config.chunk_frames, config.chunks
+            inits += [const("chunk_starts", (np.arange(chunks) * size)[None]), const("chunk_size", size)]
+        inits.append(const("flat", [-1], np.int64))
         nodes += [
             helper.make_node("Unsqueeze", [c("n"), c("axis1")], [c("n_col")]),
             helper.make_node("Sub", [c("n_col"), c("chunk_starts")], [c("left")]),
@@ -122,9 +150,9 @@ def _stack_of(node, stacks: list[str]) -> str:
     return found[0]
 
 
-def attach_sequence_lengths(proto: onnx.ModelProto, config: ModelConfig) -> None:
+def attach_sequence_lengths(proto: onnx.ModelProto, config: ModelConfig, *, any_length: bool = False) -> None:
     """Sets `sequence_lens` of every fused LSTM/GRU node (see the module docstring); in place."""
-    nodes, inits, lengths = _lengths_nodes(config)
+    nodes, inits, lengths = _lengths_nodes(config, any_length)
     graph = proto.graph
     recurrent = [n for n in graph.node if n.op_type in RECURRENT_OPS]
     for node in recurrent:

@@ -3,6 +3,7 @@ tfrecords with `predict_records`).
 
     predictor = Predictor("export/int8-dynamic.onnx")
     probabilities = predictor.predict_videos([video_a, video_b])   # each [frames, 1152], float or uint8 codes
+    fast = Predictor("export/int8-dynamic.onnx", k=10)             # an any-k student's file at k=10
 
 It reads the model card beside the file, turns whole videos into the file's inputs (a student's k frames chosen
 by its selection policy, bit for bit as in training; a teacher's frames padded or cut to its length), and runs
@@ -87,11 +88,22 @@ def record_batches(pattern: str, model, batch_size: int, max_videos: int = 0, ba
 
 
 class Predictor:
-    def __init__(self, path: str, *, provider: str = "cpu", threads: int | None = None, card: ModelCard | None = None):
+    """`k`: an any-k student's file at one of its k's (None: its largest; the card's `frame_counts` lists them);
+    `card` then describes the file at k (ModelCard.for_k)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        k: int | None = None,
+        provider: str = "cpu",
+        threads: int | None = None,
+        card: ModelCard | None = None,
+    ):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no ONNX file {path}")
         self.path = path
-        self.card = card or read_card(path)
+        self.card = (card or read_card(path)).for_k(k)  # before the session: a bad k costs no loading
         self.session = create_session(path, provider, threads)
         self.frames = self.card.frames
 

@@ -57,8 +57,8 @@ def _bf16_module(serve) -> tf.Module:
     return module
 
 
-def save_saved_model(network, frames: int, path: str, precision: str) -> str:
-    """Writes `path` (a directory; built beside it, then renamed)."""
+def save_saved_model(network, frames: int | None, path: str, precision: str) -> str:
+    """Writes `path` (a directory; built beside it, then renamed); `frames` None: any number of frames."""
     if precision not in TF_PRECISIONS:
         raise ConfigError(f"unknown TF precision {precision!r}; choose one of {', '.join(TF_PRECISIONS)}")
     serve = serving_function(network, frames)

@@ -5,18 +5,20 @@ The ONNX file of a student holds its BACKBONE, and takes the k selected frames (
 whole video. Why: a few-frame student's saving is that only k frames need to be decoded and have features
 extracted at all; feeding all 300 would put that cost back into every deployment. The selection is a few
 integer operations (students/selection_numpy.py, bit for bit the training-time op) that the `Predictor` runs on
-the host. A teacher's file takes the whole video, padded to its `frames`.
+the host. A teacher's file takes the whole video, padded to its `frames`. An any-k student's file takes
+[batch, k, 1152] for any k (the Predictor's `k=` chooses one of those it was trained at).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import tf_keras as keras
 
 from vidistill.export.card import TensorSpec
 from vidistill.students.student import StudentConfig
-from vidistill.teachers.config import ModelConfig, config_to_dict
+from vidistill.teachers.config import HLSTMConfig, ModelConfig, config_to_dict, default_chunks
 from vidistill.teachers.registry import model_flops, model_weight_reads
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
 from vidistill.yt8m.errors import ConfigError
@@ -39,6 +41,35 @@ class ExportSource:
     # Keras ensemble (the reference) and `config` holds only its classes and frames
     members: tuple[ExportSource, ...] = ()
     ensemble: dict | None = None
+    # an any-k student's config (its k's: `frame_counts`); `network` then takes any number of frames
+    student: StudentConfig | None = None
+
+    @property
+    def frame_counts(self) -> tuple[int, ...]:
+        """An any-k student's k's (the file takes [batch, k, 1152] for each); () otherwise."""
+        return self.student.ks if self.student is not None and self.student.any_k else ()
+
+    @property
+    def input_frames(self) -> int | None:
+        """The frames input's length T: None (dynamic) for an any-k student, else `frames`."""
+        return None if self.frame_counts else self.frames
+
+    def at_k(self, k: int) -> ExportSource:
+        """An any-k student's source at one of its k's: the same network, its selection and reference at k, and
+        its FLOPs and weight reads there."""
+        from vidistill.students.student import student_at
+
+        changes = {"frames": self.student.check_k(k)}
+        if isinstance(self.config, HLSTMConfig):  # the chunking the "sqrt" rule gives at k
+            changes.update(chunks=default_chunks(k), chunk_rule="fixed")
+        config = dataclasses.replace(self.config, **changes)
+        return dataclasses.replace(
+            self,
+            full_model=student_at(self.full_model, self.student, k),
+            config=config,
+            selection={**self.selection, "k": k},
+            student=None,
+        )
 
     @property
     def family(self) -> str:
@@ -69,8 +100,10 @@ class ExportSource:
         return int(self.network.output["representation"].shape[-1])
 
     def inputs(self) -> list[TensorSpec]:
+        counts = self.frame_counts
+        chosen = f"k (one of {', '.join(map(str, counts))})" if counts else str(self.frames)
         what = (
-            f"the {self.frames} frames chosen by the '{self.selection['policy']}' policy (Predictor does it), "
+            f"the {chosen} frames chosen by the '{self.selection['policy']}' policy (Predictor does it), "
             "rows past num_frames zero"
             if self.selection
             else f"the whole video, padded with zero rows (or cut) to {self.frames} frames"
@@ -78,7 +111,7 @@ class ExportSource:
         return [
             TensorSpec(
                 "frames",
-                ["batch", self.frames, FEATURE_SIZE],
+                ["batch", "k" if counts else self.frames, FEATURE_SIZE],
                 "float32",
                 f"dequantized rgb ({RGB_SIZE}) then audio ({AUDIO_SIZE}) features: {what}",
             ),
@@ -107,7 +140,7 @@ def backbone_of(student: keras.Model) -> keras.Model:
 
 def student_source(student: keras.Model, config: StudentConfig, origin: str) -> ExportSource:
     selection = {"k": config.k, "policy": config.policy, "seed": config.seed}
-    return ExportSource(backbone_of(student), student, config.model, "student", selection, origin)
+    return ExportSource(backbone_of(student), student, config.model, "student", selection, origin, student=config)
 
 
 def teacher_source(teacher: keras.Model, config: ModelConfig, origin: str) -> ExportSource:

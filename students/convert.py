@@ -5,6 +5,7 @@ DIR/weights/       the student's variables (a tf.train.Checkpoint: fine-tuning r
 DIR/saved_model/   a TF SavedModel with one serving signature: frames [B, T, 1152] float32 (the whole video,
                    any T) and num_frames [B] int32 in, {"predictions", "representation"} out; the frame
                    selection is inside, so it is a drop-in replacement for a teacher served the same way.
+                   An any-k student: at its largest k, and one more signature per k ("k10": at k=10).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 import yaml
 
-from vidistill.students.student import StudentConfig, build_student
+from vidistill.students.student import StudentConfig, build_student, student_at
 from vidistill.yt8m.constants import FEATURE_SIZE
 from vidistill.yt8m.errors import ConfigError
 
@@ -34,6 +35,21 @@ def save_student(student: keras.Model, config: StudentConfig, out_dir: str) -> s
         yaml.safe_dump({"student": config.to_dict()}, f, sort_keys=False)
     tf.train.Checkpoint(student=student).write(os.path.join(tmp, WEIGHTS, "student"))
 
+    signatures = {"serving_default": _serving(student)}
+    if config.any_k:  # an any-k student: one signature per k too ("k10": the student at k=10)
+        signatures.update({f"k{k}": _serving(student_at(student, config, k)) for k in config.ks})
+    module = tf.Module()  # a plain module holding the variables saves about 4x faster than the Keras model
+    module.variables_ = list(student.variables)
+    for name, function in signatures.items():
+        setattr(module, f"serve_{name}", function)
+    tf.saved_model.save(module, os.path.join(tmp, SAVED_MODEL), signatures=signatures)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _serving(student: keras.Model):
     @tf.function(
         input_signature=[
             tf.TensorSpec([None, None, FEATURE_SIZE], tf.float32, name="frames"),
@@ -45,14 +61,7 @@ def save_student(student: keras.Model, config: StudentConfig, out_dir: str) -> s
         # exactly these two, whatever training-only outputs the model has (a MixNeXtVLAD's branch logits)
         return {"predictions": outputs["predictions"], "representation": outputs["representation"]}
 
-    module = tf.Module()  # a plain module holding the variables saves about 4x faster than the Keras model
-    module.variables_ = list(student.variables)
-    module.serve = serve
-    tf.saved_model.save(module, os.path.join(tmp, SAVED_MODEL), signatures={"serving_default": serve})
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return serve
 
 
 def is_student_dir(path: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,6 +57,14 @@ class ModelConfig:
                 raise ConfigError(f"{self.family}: {name} must be >= 1, got {getattr(self, name)}")
 
 
+CHUNK_RULES = ("fixed", "sqrt")
+
+
+def default_chunks(k: int) -> int:
+    """H-LSTM students: about sqrt(k) chunks of about sqrt(k) frames (k = 30 gives the paper's 5 chunks of 6)."""
+    return max(1, min(k, round(math.sqrt(k))))
+
+
 @dataclass
 class HLSTMConfig(ModelConfig):
     """Hierarchical LSTM (the paper's teacher): chunks of frames -> shared lower LSTM -> upper LSTM over chunks."""
@@ -69,9 +78,20 @@ class HLSTMConfig(ModelConfig):
     upper_layers: int = 2
     chunks: int = 20  # the frames are cut into this many contiguous chunks (of ceil(frames / chunks) frames)
     l2_normalize: bool = True  # each 1152-d frame L2-normalized
+    # "fixed": `chunks` chunks of the `frames` input frames; "sqrt": the chunking follows the input's length T at
+    # run time, default_chunks(T) chunks (the few-frame students' rule), so that one network runs any k (an any-k
+    # student); `chunks` is then default_chunks(frames)
+    chunk_rule: str = "fixed"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.chunk_rule not in CHUNK_RULES:
+            raise ConfigError(f"hlstm: chunk_rule must be one of {', '.join(CHUNK_RULES)}, got {self.chunk_rule!r}")
+        if self.chunk_rule == "sqrt" and self.chunks != default_chunks(self.frames):
+            raise ConfigError(
+                f"hlstm: chunk_rule 'sqrt' cuts {self.frames} frames into default_chunks({self.frames}) = "
+                f"{default_chunks(self.frames)} chunks, but chunks is {self.chunks}: set chunks to that"
+            )
         if not 1 <= self.chunks <= self.frames:
             raise ConfigError(f"hlstm: chunks must be in [1, frames={self.frames}], got {self.chunks}")
 

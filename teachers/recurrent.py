@@ -55,8 +55,19 @@ class StackedRNN(keras.layers.Layer):
         return {**super().get_config(), "cells": self.cells, "layers": self.num_layers, "cell": self.cell}
 
 
+def sqrt_chunking(length: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(chunks, frames per chunk) for an input of `length` frames (an int32 scalar tensor, >= 1) under chunk rule
+    "sqrt": default_chunks(length) = clip(round(sqrt(length)), 1, length) chunks of ceil(length / chunks) frames
+    (sqrt(T) is never exactly half-way between two integers, so float32 rounding gives Python's round)."""
+    length = tf.maximum(length, 1)
+    root = tf.round(tf.sqrt(tf.cast(length, tf.float32)))
+    chunks = tf.clip_by_value(tf.cast(root, tf.int32), 1, length)
+    return chunks, (length + chunks - 1) // chunks
+
+
 class HierarchicalLSTMEncoder(keras.layers.Layer):
-    """Frames cut into `chunks` contiguous chunks of ceil(T / chunks) frames; a shared lower stacked LSTM encodes
+    """Frames cut into `chunks` contiguous chunks of ceil(T / chunks) frames (chunk rule "sqrt": about sqrt(T)
+    chunks of the input's length T at run time); a shared lower stacked LSTM encodes
     each chunk (its final states, c and h of every layer, are the chunk's vector); an upper stacked LSTM runs over
     the chunk vectors; E = the upper final states. Masked by num_frames at both levels."""
 
@@ -71,14 +82,19 @@ class HierarchicalLSTMEncoder(keras.layers.Layer):
         c = self.config
         if c.l2_normalize:
             frames = _l2_normalize_frames(frames)
-        size, padded = c.chunk_frames, c.chunk_frames * c.chunks
-        frames = tf.pad(frames, [[0, 0], [0, padded - c.frames], [0, 0]])
+        if c.chunk_rule == "sqrt":
+            length = tf.shape(frames)[1]
+            chunks, size = sqrt_chunking(length)
+        else:
+            length, chunks, size = c.frames, c.chunks, c.chunk_frames
+        padded = size * chunks
+        frames = tf.pad(frames, [[0, 0], [0, padded - length], [0, 0]])
         mask = tf.sequence_mask(num_frames, padded)
         chunk_frames = tf.reshape(frames, [-1, size, FEATURE_SIZE])
         chunk_mask = tf.reshape(mask, [-1, size])
         chunk_vectors = self.lower(chunk_frames, mask=chunk_mask)
-        chunk_vectors = tf.reshape(chunk_vectors, [-1, c.chunks, self.lower.state_size])
-        return self.upper(chunk_vectors, mask=tf.reduce_any(tf.reshape(mask, [-1, c.chunks, size]), axis=-1))
+        chunk_vectors = tf.reshape(chunk_vectors, [-1, chunks, self.lower.state_size])
+        return self.upper(chunk_vectors, mask=tf.reduce_any(tf.reshape(mask, [-1, chunks, size]), axis=-1))
 
     def get_config(self):
         import dataclasses

@@ -55,18 +55,19 @@ def _family(config: ModelConfig) -> Family:
     return FAMILIES[config.family]
 
 
-def model_inputs(frames: int) -> dict[str, keras.Input]:
+def model_inputs(frames: int | None) -> dict[str, keras.Input]:
     return {
         "frames": keras.Input((frames, FEATURE_SIZE), name="frames"),
         "num_frames": keras.Input((), dtype="int32", name="num_frames"),
     }
 
 
-def build_model(config: ModelConfig, name: str | None = None) -> keras.Model:
-    """The model a config describes (a functional tf_keras Model: encoder, then the classifier head)."""
+def build_model(config: ModelConfig, name: str | None = None, *, any_length: bool = False) -> keras.Model:
+    """The model a config describes (a functional tf_keras Model: encoder, then the classifier head); `any_length`:
+    its frames input takes any number of frames T (an any-k student's backbone), not only config.frames."""
     from vidistill.teachers.heads import ClassifierHead
 
-    inputs = model_inputs(config.frames)
+    inputs = model_inputs(None if any_length else config.frames)
     family = _family(config)
     encoded = family.encoder(config)(inputs["frames"], inputs["num_frames"])
     if family.classifies:

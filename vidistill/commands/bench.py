@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 import sys
 
+from vidistill.commands.options import frame_counts
 from vidistill.yt8m.errors import ConfigError
 
 HELP = "latency, throughput and roofline of ONNX files and SavedModels, with a report next to their GAP"
@@ -61,6 +62,13 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--peak-size", type=int, default=None, help="n of the n x n MatMul peak (default 2048 on CPU, 8192 on GPU)"
     )
+    parser.add_argument(
+        "--frames",
+        type=frame_counts,
+        default=None,
+        help="K or K1,K2,...: time an any-k student's file at each of these k's (default: every k it was trained "
+        "at); files of one k run at their k",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-node provider profiling")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -83,6 +91,7 @@ def command_line(args) -> str:
         ("--baseline", args.baseline),
         ("--pareto-batch", args.pareto_batch),
         ("--peak-size", args.peak_size),
+        ("--frames", ",".join(map(str, args.frames)) if args.frames else None),
     ]
     for flag, value in options:
         if value is not None:
@@ -115,6 +124,7 @@ def run(args) -> int:
         peak_size=args.peak_size,
         profile=not args.no_profile,
         command=command_line(args),
+        frames=list(args.frames) if args.frames else None,
     )
     rows, bench = run_benchmark(config, progress=not args.quiet)
     for note in bench.notes:

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import json
 
-from vidistill.commands.options import add_shift, add_skip_bad_records, bad_records_for, report_bad_records, shifts_for
+from vidistill.commands.options import (
+    add_frames,
+    add_shift,
+    add_skip_bad_records,
+    bad_records_for,
+    report_bad_records,
+    shifts_for,
+)
 
 HELP = "evaluate a run or a converted student: Hit@1, PERR, GAP, mAP"
 
@@ -17,6 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--segments", action="store_true", help="segment MAP on 2019-style segment-rated records")
     add_shift(parser)
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
+    add_frames(parser, several=True)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", action="store_true")
     add_skip_bad_records(parser)
@@ -27,24 +35,41 @@ def run(args) -> int:
 
     from vidistill.distill.evaluate import evaluate_model, evaluate_segments
     from vidistill.distill.runs import load_model
+    from vidistill.yt8m.errors import ConfigError
 
     shifts = shifts_for(args)
+    if args.segments and args.frames:
+        raise ConfigError("--frames is for whole videos (an any-k student); --segments scores 5-frame segments")
     loaded = load_model(args.model, args.which)
     bad_records = bad_records_for(args)
     evaluate = evaluate_segments if args.segments else evaluate_model
-    result = evaluate(
-        loaded.model,
-        args.data,
-        num_classes=loaded.num_classes,
-        max_frames=loaded.max_frames,
-        batch_size=args.batch_size,
-        bad_records=bad_records,
-        **({"shifts": shifts} if args.segments else {"select": loaded.select}),
-    )
-    if args.json:
-        print(json.dumps(result, indent=2))
+    at = [loaded.at_k(k) for k in args.frames] if args.frames else [loaded]
+    results = {}
+    for model in at:
+        results[model.description] = evaluate(
+            model.model,
+            args.data,
+            num_classes=model.num_classes,
+            max_frames=model.max_frames,
+            batch_size=args.batch_size,
+            bad_records=bad_records,
+            **({"shifts": shifts} if args.segments else {"select": model.select}),
+        )
+    if args.frames and len(args.frames) > 1:  # one column per k
+        by_k = {f"k={k}": result for k, result in zip(args.frames, results.values())}
+        if args.json:
+            print(json.dumps(by_k, indent=2))
+        else:
+            print(loaded.description)
+            names = list(next(iter(by_k.values())))
+            rows = [[name, *(result[name] for result in by_k.values())] for name in names]
+            print(tabulate(rows, headers=["metric", *by_k], floatfmt=".4f"))
     else:
-        print(loaded.description)
-        print(tabulate(result.items(), headers=["metric", "value"], floatfmt=".4f"))
+        ((description, result),) = results.items()
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(description)
+            print(tabulate(result.items(), headers=["metric", "value"], floatfmt=".4f"))
     report_bad_records(bad_records)
     return 0

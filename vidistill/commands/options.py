@@ -52,3 +52,33 @@ def shifts_for(args) -> tuple[int, ...]:
     if shifts != (0,) and not args.segments:
         raise ConfigError("--shift shifts the windows of 5-frame segments: pass --segments as well")
     return shifts
+
+
+def frame_counts(text: str) -> tuple[int, ...]:
+    """argparse type of --frames: K or a set K1,K2,... (argparse shows the message of a bad one)."""
+    import argparse
+
+    from vidistill.students.student import parse_frame_counts
+
+    try:
+        return parse_frame_counts(text, option="")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_frames(parser, *, several: bool) -> None:
+    """--frames for the commands that run a student: which k of an any-k student (several: each k of a set)."""
+    parser.add_argument(
+        "--frames",
+        type=frame_counts,
+        help="an any-k student's k (default: its largest)" + ("; a set K1,K2,... runs each of them" if several else ""),
+    )
+
+
+def one_k(args) -> int | None:
+    """The single k of --frames (None when not given); a ConfigError for a set."""
+    if not args.frames:
+        return None
+    if len(args.frames) > 1:
+        raise ConfigError(f"--frames: this command runs one k, got {','.join(map(str, args.frames))}: pass one")
+    return args.frames[0]

@@ -5,7 +5,15 @@ CSV agrees with `vidistill eval` (given the same --shift)."""
 
 from __future__ import annotations
 
-from vidistill.commands.options import add_shift, add_skip_bad_records, bad_records_for, report_bad_records, shifts_for
+from vidistill.commands.options import (
+    add_frames,
+    add_shift,
+    add_skip_bad_records,
+    bad_records_for,
+    one_k,
+    report_bad_records,
+    shifts_for,
+)
 
 HELP = "write the official video-level predictions CSV"
 
@@ -17,6 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--segments", action="store_true", help="write the Class,Segments CSV")
     add_shift(parser)
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
+    add_frames(parser, several=False)
     parser.add_argument("--batch-size", type=int, default=64)
     add_skip_bad_records(parser)
 
@@ -29,7 +38,11 @@ def run(args) -> int:
     from vidistill.yt8m.submission import write_video_predictions
 
     shifts = shifts_for(args)
-    loaded = load_model(args.model, args.which)
+    if args.segments and args.frames:
+        from vidistill.yt8m.errors import ConfigError
+
+        raise ConfigError("--frames is for whole videos (an any-k student); --segments ranks 5-frame segments")
+    loaded = load_model(args.model, args.which, k=one_k(args))
     bad_records = bad_records_for(args)
     if args.segments:
         from vidistill.distill.evaluate import all_segment_predictions

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vidistill.commands.options import add_skip_bad_records
+from vidistill.commands.options import add_skip_bad_records, frame_counts
 from vidistill.yt8m.errors import ConfigError
 
 HELP = "train teacher-student pairs (parallel, serial) or either alone"
@@ -45,7 +45,11 @@ def add_arguments(parser) -> None:
         "only the rated classes in the loss, evaluating segment MAP; the models are built for one 5-frame "
         "segment with the same weights (distill/segments.py), videos are read at data.max_frames",
     )
-    parser.add_argument("--frames", type=int, help="k: frames the student sees")
+    parser.add_argument(
+        "--frames",
+        type=frame_counts,
+        help="k: frames the student sees; a set (6,10,15,20,30): one any-k student trained at each k",
+    )
     parser.add_argument("--selection", default=None, help="uniform, random, first, middle, last, fml")
     parser.add_argument("--width", type=float, default=None, help="student width factor (default 1)")
     parser.add_argument("--steps", type=int)
@@ -120,15 +124,20 @@ def resolve_config(args):
         base = resolve(args.student) if args.student else (config.student.model if config.student else config.teacher)
         if base is None:
             raise ConfigError("a student needs a model: pass --student PRESET|CONFIG or --teacher")
-        k = args.frames or (config.student.k if config.student else None)
+        k = args.frames or (config.student.ks if config.student else None)
         if not k:
-            raise ConfigError("pass --frames K: the number of frames the student sees")
+            raise ConfigError("pass --frames K (or a set K1,K2,...): the number of frames the student sees")
         policy = args.selection or (config.student.policy if config.student else "uniform")
         classes = config.teacher.num_classes if config.teacher else args.num_classes
         config.student = student_config(base, k=k, policy=policy, width=args.width or 1.0, num_classes=classes)
     if config.data.segments:
         segment_train_config(config)  # the models built for one 5-frame segment (distill/segments.py)
     return config
+
+
+def _ks(metrics: dict) -> list[int]:
+    """The k's of an any-k student's held-out metrics (their "gap_kK" keys), ascending."""
+    return sorted(int(name[len("gap_k") :]) for name in metrics if name.startswith("gap_k"))
 
 
 def _models_of_init(config, init, mode, args) -> None:
@@ -167,7 +176,10 @@ def run(args) -> int:
     elif e:
         print(
             f"held-out: GAP {e['gap']:.4f}  mAP {e['map']:.4f}  Hit@1 {e['hit_at_one']:.4f}  ({e['num_videos']} videos)"
+            + ("  (means over k)" if _ks(e) else "")
         )
+        for k in _ks(e):
+            print(f"  k={k}: GAP {e[f'gap_k{k}']:.4f}  mAP {e[f'map_k{k}']:.4f}  Hit@1 {e[f'hit_at_one_k{k}']:.4f}")
     if summary.get("bad_records") is not None:
         count = summary["bad_records"]
         print(
