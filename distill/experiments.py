@@ -116,6 +116,7 @@ def claim_experiment_dir(out_dir: str, config) -> None:
 
 
 def _teacher(config: Table1Config) -> HLSTMConfig:
+    """The H-LSTM teacher at `config`'s classes, max_frames, chunks and cells (also the any-k experiment's)."""
     return HLSTMConfig(
         num_classes=config.classes,
         frames=config.max_frames,
@@ -138,13 +139,16 @@ def _vlad_teacher(config: Table1Config) -> NetVLADConfig:
 
 
 def _train_cell(config: TrainConfig, run_dir: str) -> dict:
-    """One cell, in the child process: trains, then returns its held-out metrics, parameters and frames."""
+    """One cell, in the child process: trains, then returns its held-out metrics, parameters and frames (an any-k
+    student: the metrics' means over its k's, and each k's GAP and mAP as gap_kK, map_kK)."""
     from vidistill.distill.trainer import Run
 
     summary = Run(config, run_dir).train(progress=False)
     model_config = config.student.model if config.student else config.teacher
+    last = summary["last_eval"]
     return {
-        **{key: summary["last_eval"][key] for key in ("gap", "map", "hit_at_one", "perr")},
+        **{key: last[key] for key in ("gap", "map", "hit_at_one", "perr")},
+        **{key: value for key, value in last.items() if key.startswith(("gap_k", "map_k"))},
         "parameters": build_model(model_config).count_params(),
         "frames": model_config.frames,
     }

@@ -84,6 +84,52 @@ def test_segment_experiment_miniature_runs_every_cell_benches_and_resumes(tmp_pa
     assert "holds an experiment with another configuration (changed: seed)" in capsys.readouterr().err
 
 
+def test_anyk_experiment_resumes_from_its_results_and_reports_them(tmp_path, capsys):
+    """Every cell of the miniature already in results.json: the command trains nothing and writes the table (the
+    whole miniature, 3 minutes on 2 cores, is run by hand: docs/EXPERIMENTS.md); two seeds give mean ± half-range,
+    and the verdict holds to 0.5 GAP points."""
+    import dataclasses
+
+    from vidistill.anyk_experiment import AnyKExperiment, AnyKExperimentConfig
+    from vidistill.cli import main
+    from vidistill.distill.experiments import claim_experiment_dir
+
+    def cell(gap, seconds, **per_k):
+        return {"gap": gap, "map": gap - 0.2, "seconds": seconds, "frames": 10, **per_k}
+
+    def seed(s, shift):
+        return {
+            f"s{s}/uniform/k6": cell(0.40 + shift, 10),
+            f"s{s}/uniform/k10": cell(0.50 + shift, 12),
+            f"s{s}/parallel/k6": cell(0.45 + shift, 20),
+            f"s{s}/parallel/k10": cell(0.60 + shift, 22),
+            f"s{s}/anyk/uniform": cell(0.5, 11, gap_k6=0.41 + shift, gap_k10=0.52 + shift),
+            f"s{s}/anyk/parallel": cell(0.5, 30, gap_k6=0.446 + shift, gap_k10=0.58 + shift),
+            f"s{s}/anyk/parallel-self": cell(0.5, 33, gap_k6=0.44 + shift, gap_k10=0.59 + shift),
+        }
+
+    config = AnyKExperimentConfig.quick()
+    claim_experiment_dir(str(tmp_path / "one"), config)
+    (tmp_path / "one" / "results.json").write_text(json.dumps(seed(0, 0.0)))
+    assert main(["experiment", "anyk", "--quick", "--out", str(tmp_path / "one")]) == 0
+    assert json.loads((tmp_path / "one" / "results.json").read_text()) == seed(0, 0.0)  # nothing trained again
+    report = (tmp_path / "one" / "anyk.md").read_text()
+    assert "| 6 | 0.400 | 0.450 | 0.410 | 0.446 | 0.440 | -0.004 |  |" in report
+    assert "- k=6: any-k Parallel 0.446 vs dedicated Parallel 0.450 (-0.004): met" in report
+    assert "- k=10: any-k Parallel + self-distillation 0.590 vs dedicated Parallel 0.600 (-0.010): missed" in report
+    assert "| any-k Parallel (one run) | 30 | 0.71x |" in report  # vs the 42 s of the two dedicated runs
+
+    two = AnyKExperiment(dataclasses.replace(config, seeds=(0, 1)), str(tmp_path / "two"), progress=False)
+    two.results = {**seed(0, 0.0), **seed(1, 0.02)}
+    (tmp_path / "two").mkdir()
+    text = open(two.write_report()).read()
+    assert (
+        "| 10 | 0.510 ± 0.010 | 0.610 ± 0.010 | 0.530 ± 0.010 | 0.590 ± 0.010 | 0.600 ± 0.010 | -0.020 ± 0.000 |"
+        in text
+    )
+    assert "over the training seeds (0, 1)" in text
+
+
 def test_ensemble_experiment_resumes_from_its_results_and_reports_them(tmp_path, capsys):
     """Every cell of the miniature already in results.json: the command trains nothing and writes the table (the
     whole miniature, 6 minutes on 2 cores, is run by hand: docs/EXPERIMENTS.md)."""

@@ -17,9 +17,11 @@ def export_and_time(
     runs: int | None,
     command: str,
     progress: bool = True,
+    frames: tuple[int, ...] | None = None,
 ) -> dict:
-    """`models` {name: run or model directory} -> {name: {precision: {str(batch): p50 ms}}}. Each model's files go to
-    OUT/export/NAME (kept: a rerun exports only what is missing), the bench report to OUT/bench."""
+    """`models` {name: run or model directory} -> {name: {precision: {str(batch): p50 ms}}}; an any-k student's
+    files are timed at each k of `frames` (None: each k it was trained at), under the names NAME@kK. Each model's
+    files go to OUT/export/NAME (kept: a rerun exports only what is missing), the bench report to OUT/bench."""
     from vidistill.bench.benchmark import BenchConfig, run_benchmark
     from vidistill.export.config import ExportConfig
     from vidistill.export.exporter import export
@@ -41,6 +43,7 @@ def export_and_time(
         report=os.path.join(out_dir, "bench"),
         profile=False,
         command=command,
+        frames=list(frames) if frames else None,
     )
     rows, _ = run_benchmark(bench, progress=progress)
     latency: dict = {}
@@ -48,5 +51,6 @@ def export_and_time(
         for path, precision in zip(paths, precisions):
             for row in rows:
                 if os.path.abspath(row["path"]) == os.path.abspath(path) and row.get("p50_ms") is not None:
-                    latency.setdefault(name, {}).setdefault(precision, {})[str(row["batch"])] = row["p50_ms"]
+                    key = f"{name}@k{row['frames']}" if "@k" in row["model"] else name  # an any-k file at k
+                    latency.setdefault(key, {}).setdefault(precision, {})[str(row["batch"])] = row["p50_ms"]
     return latency
