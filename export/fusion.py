@@ -101,24 +101,21 @@ def _split_input(g: _Graph, name: str, perm: list[int]) -> tuple[str, str] | Non
     return (reshape.input[0], reshape.input[1]) if reshape is not None and reshape.op_type == "Reshape" else None
 
 
+def _constant(name: str, value: np.ndarray, added: list) -> str:
+    """A Constant node of `value` named `name` (appended to `added`); returns its output's name."""
+    added.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(value)))
+    return name
+
+
 def _three_d(split: tuple[str, str], width: int, added: list) -> str:
     """The split input as [B, T, A * d] (what MultiHeadAttention takes) whatever its rank: reshaped to the first two
     entries of the heads' target shape, then A * d (a no-op on a tensor that is 3-D already)."""
     tensor, shape = split
     name = f"{tensor}/three_d"
-
-    def constant(suffix: str, value: np.ndarray) -> str:
-        added.append(
-            helper.make_node(
-                "Constant", [], [f"{name}/{suffix}"], name=f"{name}/{suffix}", value=numpy_helper.from_array(value)
-            )
-        )
-        return f"{name}/{suffix}"
-
     starts, ends, width_shape = (
-        constant("starts", np.array([0], np.int64)),
-        constant("ends", np.array([2], np.int64)),
-        constant("width", np.array([width], np.int64)),
+        _constant(f"{name}/starts", np.array([0], np.int64), added),
+        _constant(f"{name}/ends", np.array([2], np.int64), added),
+        _constant(f"{name}/width", np.array([width], np.int64), added),
     )
     added += [
         helper.make_node("Slice", [shape, starts, ends], [f"{name}/rows"], name=f"{name}/rows"),
@@ -179,19 +176,10 @@ def _attention(g: _Graph, scope: str, heads: int, head_size: int, lengths: dict[
 def _key_lengths(bias: str, added: list) -> str:
     """Nodes counting, per video, the keys of the bias [B, 1, 1, T] that are 0 (real); returns the [B] int32 name."""
     name = f"{bias}/key_lengths"
-
-    def constant(suffix: str, value: np.ndarray) -> str:
-        added.append(
-            helper.make_node(
-                "Constant", [], [f"{name}/{suffix}"], name=f"{name}/{suffix}", value=numpy_helper.from_array(value)
-            )
-        )
-        return f"{name}/{suffix}"
-
     zero, rows, axes = (
-        constant("zero", np.zeros((), np.float32)),
-        constant("rows", np.array([0, -1], np.int64)),
-        constant("axes", np.array([1], np.int64)),
+        _constant(f"{name}/zero", np.zeros((), np.float32), added),
+        _constant(f"{name}/rows", np.array([0, -1], np.int64), added),
+        _constant(f"{name}/axes", np.array([1], np.int64), added),
     )
     added += [
         helper.make_node("Equal", [bias, zero], [f"{name}/real"], name=f"{name}/real"),
