@@ -152,6 +152,33 @@ def test_the_loss_is_the_mean_over_k_and_self_distillation_reads_the_largest_k()
     assert "self_pred" not in logs_off and float(logs_off["loss"]) < float(logs["loss"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["netvlad", "transformer"])  # the H-LSTM trains end to end below
+def test_the_vlad_and_transformer_families_train_at_every_k_in_one_step(family):
+    """A train step of an any-k student (distilled in parallel with a teacher of its family): every k's terms
+    logged, the loss finite, the weights moved."""
+    import tf_keras as keras
+
+    from vidistill.teachers.registry import build_model
+
+    keras.utils.set_random_seed(0)
+    teacher = build_model(FAMILIES[family], name="teacher")
+    config = student_config(FAMILIES[family], k=KS)
+    student = build_student(config)
+    distiller = Distiller(
+        "parallel", teacher, student, LossWeights(self_pred=1.0), student_views=student_views(student, config)
+    )
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    frames, n = _videos(4)
+    before = [w.copy() for w in student.get_weights()]
+    batch = {"frames": frames, "num_frames": n, "labels": np.eye(4, dtype=np.float32)}
+    history = distiller.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+    logs = {name: values[-1] for name, values in history.history.items()}
+    assert {f"{term}_k{k}" for term in ("ce", "rep", "pred") for k in KS} | {"self_pred", "teacher_ce"} <= set(logs)
+    assert np.isfinite(logs["loss"])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
+
+
 # ------------------------------------------------------------------------------------------------ the card
 def test_a_card_at_k_describes_the_file_there_and_refuses_other_ks(tmp_path):
     parity = Parity(videos=4, max_abs=1e-6, max_rel=1e-5, mean_abs=1e-7, passed=True)
@@ -253,6 +280,11 @@ def test_train_convert_export_predict_and_bench_at_run_time_k(tmp_path, synth_da
     assert {"gap_k3", "gap_k6", "map_k3"} <= set(last)
     np.testing.assert_allclose(last["gap"], (last["gap_k3"] + last["gap_k6"]) / 2)
     assert load_train_config(str(run)).student.ks == (3, 6)
+
+    serial = tmp_path / "serial"  # a serial any-k student against the run's teacher, frozen
+    _main("train", "--teacher-run", run, "--frames", "3,6", "--steps", 2, "--out", serial, *common)
+    assert {"gap_k3", "gap_k6"} <= set(json.loads(open(serial / "metrics.jsonl").readlines()[-1]))
+    capsys.readouterr()
 
     _main("eval", run, "--data", data.heldout, "--frames", "3,6", "--json")
     by_k = json.loads(capsys.readouterr().out)
