@@ -44,6 +44,10 @@ LOSS_ROWS = {  # name -> student loss weights (L_CE, L_REP, L_PRED), in the pape
 }
 
 
+# the synthetic data of every experiment's miniature (`quick()`): 4 classes, 48 + 16 videos of 30-40 frames
+MINIATURE_DATA = {"classes": 4, "videos": 48, "heldout": 16, "min_frames": 30, "max_frames": 40}
+
+
 @dataclass
 class Table1Config:
     """Sizes chosen so that the whole table trains in under an hour on 2 cores (see docs/EXPERIMENTS.md)."""
@@ -77,11 +81,7 @@ class Table1Config:
     def quick(cls) -> Table1Config:
         """A miniature that runs in a few minutes (the tests run it)."""
         return cls(
-            classes=4,
-            videos=48,
-            heldout=16,
-            min_frames=30,
-            max_frames=40,
+            **MINIATURE_DATA,
             ks=(6,),
             policies=("uniform", "first"),
             losses=("L_rep, L_pred, L_CE",),

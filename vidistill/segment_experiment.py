@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from vidistill.distill.experiments import CellExperiment
+from vidistill.distill.experiments import MINIATURE_DATA, CellExperiment
 
 FAMILIES = ("hlstm", "nextvlad", "transformer")
 STUDENT_LOSS = {"ce": 1.0, "rep": 0.01, "pred": 1.0}  # L_REP + L_PRED + L_CE, Table 1's best row
@@ -60,11 +60,7 @@ class SegmentExperimentConfig:
     def quick(cls) -> SegmentExperimentConfig:
         """A miniature that runs in a few minutes (the tests run it)."""
         return cls(
-            classes=4,
-            videos=48,
-            heldout=16,
-            min_frames=30,
-            max_frames=40,
+            **MINIATURE_DATA,
             families=("hlstm", "nextvlad"),  # the recurrent and the VLAD path (a third family: 80 s more in CI)
             video_steps=6,
             segment_steps=4,
