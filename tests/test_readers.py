@@ -279,6 +279,9 @@ def _sequence_example(vid=b"x", labels=(0,), rgb_rows=None, audio_rows=None, n=3
         (_sequence_example(labels=(-1,)), ["outside [0, 4)"]),
         (_sequence_example(n=0), ["has no 'rgb' frames"]),
     ],
+    # named: a serialized record's bytes depend on map order, which differs between processes (xdist's workers
+    # must collect the same test ids)
+    ids=["short-rgb-frame", "frame-count-mismatch", "no-id", "label-too-large", "negative-label", "no-frames"],
 )
 def test_bad_frame_records_raise_naming_file_and_record(tmp_path, record, fragments):
     good = _sequence_example(vid=b"good")
