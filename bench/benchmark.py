@@ -141,7 +141,7 @@ def models_at_k(model: Model, frames: list[int] | None) -> list[Model]:
     that k (ModelCard.for_k: frames, FLOPs, accuracy) and labelled MODEL@kK; a k it was not trained at becomes a
     model whose row says so. Any other model as it is."""
     card = model.card
-    if card is None or not getattr(card, "frame_counts", None):
+    if card is None or not card.frame_counts:
         return [model]
     views = []
     for k in frames or card.frame_counts:

@@ -133,12 +133,11 @@ class Distiller(keras.Model):
             student_total += share * parts["student"]
         weight = self.loss_weights.self_pred
         if weight > 0:
-            largest = outputs[max(outputs)]
+            *smaller_ks, largest = outputs  # ascending (student_views sorted)
             self_pred = Prediction(1.0, self.loss_weights.pred_kind, self.loss_weights.temperature)
             smaller = [
-                self_pred.compute(LossInputs(labels, largest, outputs[k]).with_frozen_teacher())
-                for k in outputs
-                if k != max(outputs)
+                self_pred.compute(LossInputs(labels, outputs[largest], outputs[k]).with_frozen_teacher())
+                for k in smaller_ks
             ]
             logs["self_pred"] = tf.add_n(smaller) / len(smaller)
             student_total += weight * logs["self_pred"]

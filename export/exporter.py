@@ -134,9 +134,13 @@ class Exporter:
         self.source, self.out_dir, self.config = source, out_dir, config
         self.bad_records = bad_records  # a readers.BadRecords: the record readers skip and count bad records
         self.fp32: onnx.ModelProto | None = None
-        self.held_out: HeldOut | None = None
-        self.held_outs: dict[int, HeldOut] = {}
+        self.held_outs: dict[int, HeldOut] = {}  # the videos each k is checked on (one k but for an any-k student)
         self.cards: list[ModelCard] = []
+
+    @property
+    def held_out(self) -> HeldOut:
+        """The videos the default k (a single-k model's only k) is checked on."""
+        return self.held_outs[self.source.frames]
 
     # -- the variants ------------------------------------------------------------------------------------------
     def _onnx_variant(self, name: str) -> tuple[onnx.ModelProto, list[str], list[np.ndarray] | None]:
@@ -351,11 +355,9 @@ class Exporter:
             yaml.safe_dump(
                 {"export": dataclasses.asdict(self.config), "source": self.source.origin}, f, sort_keys=False
             )
-        # the videos each k is checked on (one k but for an any-k student); self.held_out: the default k's
         ks = self.source.frame_counts
         sources = {k: self.source.at_k(k) for k in ks} if ks else {self.source.frames: self.source}
         self.held_outs = {k: HeldOut(source, self.config, self.bad_records) for k, source in sources.items()}
-        self.held_out = self.held_outs[self.source.frames]
         self.fp32 = onnx_export.convert_source(self.source, opset=self.config.opset, fuse=self.config.fuse)
         trim_heap()  # the conversion's freed copies go back to the OS before the variants need memory
         remaining = list(self.config.precisions)

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import tf_keras as keras
 
 from vidistill.export.card import TensorSpec
-from vidistill.students.student import StudentConfig
-from vidistill.teachers.config import HLSTMConfig, ModelConfig, config_to_dict, default_chunks
+from vidistill.students.student import StudentConfig, backbone_of, student_config
+from vidistill.teachers.config import ModelConfig, config_to_dict
 from vidistill.teachers.registry import model_flops, model_weight_reads
 from vidistill.yt8m.constants import AUDIO_SIZE, FEATURE_SIZE, RGB_SIZE
-from vidistill.yt8m.errors import ConfigError
 
 
 @dataclass
@@ -59,14 +58,10 @@ class ExportSource:
         its FLOPs and weight reads there."""
         from vidistill.students.student import student_at
 
-        changes = {"frames": self.student.check_k(k)}
-        if isinstance(self.config, HLSTMConfig):  # the chunking the "sqrt" rule gives at k
-            changes.update(chunks=default_chunks(k), chunk_rule="fixed")
-        config = dataclasses.replace(self.config, **changes)
         return dataclasses.replace(
             self,
             full_model=student_at(self.full_model, self.student, k),
-            config=config,
+            config=student_config(self.config, k=self.student.check_k(k)).model,  # a k-student's (its chunking)
             selection={**self.selection, "k": k},
             student=None,
         )
@@ -128,14 +123,6 @@ class ExportSource:
         if self.members:
             return {"family": "ensemble", **self.ensemble, "members": [m.model_config() for m in self.members]}
         return config_to_dict(self.config)
-
-
-def backbone_of(student: keras.Model) -> keras.Model:
-    """The backbone inside a student model (students.student.build_student)."""
-    inner = [layer for layer in student.layers if isinstance(layer, keras.Model)]
-    if len(inner) != 1:
-        raise ConfigError(f"{student.name} is not a student model (expected one backbone inside, found {len(inner)})")
-    return inner[0]
 
 
 def student_source(student: keras.Model, config: StudentConfig, origin: str) -> ExportSource:

@@ -206,8 +206,15 @@ def student_at(student: keras.Model, config: StudentConfig, k: int | None = None
     k = config.check_k(k)
     if k == config.k:
         return student
-    backbone = [layer for layer in student.layers if isinstance(layer, keras.Model)]
-    return _view(backbone[0], config, k, f"{student.name}_k{k}")
+    return _view(backbone_of(student), config, k, f"{student.name}_k{k}")
+
+
+def backbone_of(student: keras.Model) -> keras.Model:
+    """The backbone inside a student model (`build_student`)."""
+    inner = [layer for layer in student.layers if isinstance(layer, keras.Model)]
+    if len(inner) != 1:
+        raise ConfigError(f"{student.name} is not a student model (expected one backbone inside, found {len(inner)})")
+    return inner[0]
 
 
 def student_views(student: keras.Model, config: StudentConfig) -> dict[int, keras.Model]:

@@ -11,6 +11,7 @@ from vidistill.commands.options import (
     add_shift,
     add_skip_bad_records,
     bad_records_for,
+    frames_of,
     report_bad_records,
     shifts_for,
 )
@@ -35,15 +36,13 @@ def run(args) -> int:
 
     from vidistill.distill.evaluate import evaluate_model, evaluate_segments
     from vidistill.distill.runs import load_model
-    from vidistill.yt8m.errors import ConfigError
 
     shifts = shifts_for(args)
-    if args.segments and args.frames:
-        raise ConfigError("--frames is for whole videos (an any-k student); --segments scores 5-frame segments")
+    frames = frames_of(args)
     loaded = load_model(args.model, args.which)
     bad_records = bad_records_for(args)
     evaluate = evaluate_segments if args.segments else evaluate_model
-    at = [loaded.at_k(k) for k in args.frames] if args.frames else [loaded]
+    at = [loaded.at_k(k) for k in frames] if frames else [loaded]
     results = {}
     for model in at:
         results[model.description] = evaluate(
@@ -55,8 +54,8 @@ def run(args) -> int:
             bad_records=bad_records,
             **({"shifts": shifts} if args.segments else {"select": model.select}),
         )
-    if args.frames and len(args.frames) > 1:  # one column per k
-        by_k = {f"k={k}": result for k, result in zip(args.frames, results.values())}
+    if len(frames) > 1:  # one column per k
+        by_k = {f"k={k}": result for k, result in zip(frames, results.values())}
         if args.json:
             print(json.dumps(by_k, indent=2))
         else:

@@ -75,9 +75,16 @@ def add_frames(parser, *, several: bool) -> None:
     )
 
 
+def frames_of(args) -> tuple[int, ...]:
+    """The k's of --frames (() when not given); a ConfigError with --segments, which scores 5-frame segments."""
+    if args.frames and getattr(args, "segments", False):
+        raise ConfigError("--frames is for whole videos (an any-k student); --segments scores 5-frame segments")
+    return args.frames or ()
+
+
 def one_k(args) -> int | None:
-    """The single k of --frames (None when not given); a ConfigError for a set."""
-    if not args.frames:
+    """The single k of --frames (None when not given); a ConfigError for a set (or with --segments)."""
+    if not frames_of(args):
         return None
     if len(args.frames) > 1:
         raise ConfigError(f"--frames: this command runs one k, got {','.join(map(str, args.frames))}: pass one")

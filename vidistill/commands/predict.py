@@ -38,10 +38,6 @@ def run(args) -> int:
     from vidistill.yt8m.submission import write_video_predictions
 
     shifts = shifts_for(args)
-    if args.segments and args.frames:
-        from vidistill.yt8m.errors import ConfigError
-
-        raise ConfigError("--frames is for whole videos (an any-k student); --segments ranks 5-frame segments")
     loaded = load_model(args.model, args.which, k=one_k(args))
     bad_records = bad_records_for(args)
     if args.segments:
