@@ -216,3 +216,44 @@ def test_outputs_only_in_serial_mode_and_not_for_segments():
         config.validate()
     with pytest.raises(ConfigError, match="segment mode"):
         read_frame_dataset("x", segment_labels=True, teacher_outputs=TeacherOutputs("d", "s", "t", 4, 2))
+
+
+def test_a_student_on_stored_outputs_decodes_only_its_k_frames_and_trains_as_on_whole_videos(
+    work, tmp_path, monkeypatch
+):
+    """Where the teacher's outputs are stored nothing runs on the whole video: the reader decodes only the
+    student's k frames, and the run trains exactly as one that decodes every frame and lets the student select."""
+    from vidistill.commands.train import add_arguments, resolve_config
+    from vidistill.distill import trainer
+    from vidistill.students.selection import select_frames
+    from vidistill.students.student import StudentConfig
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--teacher-outputs", str(work["root"] / "float32"), "--frames", str(K), "--data", work["data"].train]
+    argv += ["--out", "unused", "--steps", "3", "--checkpoint-every", "3", "--batch-size", "8"]
+
+    def run(name: str) -> tuple[dict, trainer.Run]:
+        config = resolve_config(parser.parse_args(argv))
+        config.data.deterministic = True
+        assert config.mode == "serial" and config.teacher_outputs
+        built = trainer.Run(config, str(tmp_path / name))  # seeds TensorFlow: the same shuffle in both runs
+        batch = next(iter(trainer._train_dataset(config)))
+        built.train(progress=False)
+        return batch, built
+
+    chosen, decoded_k = run("k-frames")
+    assert chosen["frames"].shape == (8, K, 1152)  # only the student's frames were decoded
+    monkeypatch.setattr(StudentConfig, "frames_to_decode", lambda self, training=False, k=None: None)
+    whole, decoded_all = run("whole")
+    assert whole["frames"].shape == (8, FRAMES, 1152)
+    np.testing.assert_array_equal(chosen["id"], whole["id"])
+    for key in ("teacher_predictions", "teacher_representation", "labels"):
+        np.testing.assert_array_equal(chosen[key], whole[key], err_msg=key)
+    selected, counts = select_frames(whole["frames"], whole["num_frames"], K, "uniform")
+    np.testing.assert_array_equal(chosen["frames"], selected)  # the same frames the student selects itself
+    np.testing.assert_array_equal(chosen["num_frames"], counts)
+    assert decoded_k.step == decoded_all.step == 3
+    for a, b in zip(decoded_k.models.student.weights, decoded_all.models.student.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
