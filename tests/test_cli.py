@@ -432,6 +432,72 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
         main(["models"])
 
 
+def test_an_interrupted_command_exits_130_with_one_line(monkeypatch, capsys):
+    """Ctrl-C inside any command is exit code 130 and one line on stderr, not a traceback."""
+    from vidistill.commands import models
+
+    def interrupted(args):
+        print("building the presets")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "run", interrupted)
+    code, out, err = _run(capsys, "models")
+    assert code == 130 and out == "building the presets\n"
+    assert err == "vidistill models: interrupted\n"
+
+
+@pytest.mark.slow  # a child process trains a tiny teacher until interrupted, then the run is resumed
+def test_sigint_stops_training_with_130_and_the_run_resumes_from_its_last_checkpoint(
+    synth_data, tiny_teacher, tmp_path
+):
+    """A real SIGINT to `vidistill train` once it has saved a checkpoint: exit code 130, the one line, and a run
+    that `--resume` continues from that checkpoint (not from step 0)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tensorflow as tf
+
+    from vidistill.teachers.config import save_config
+
+    data = synth_data()
+    teacher, run = tmp_path / "teacher.yaml", tmp_path / "run"
+    save_config(tiny_teacher, str(teacher))
+    argv = ["--out", run, "--mode", "teacher", "--teacher", teacher, "--data", data.train, "--batch-size", 8]
+    argv += ["--checkpoint-every", 2, "--eval-every", 0]
+    log_out, log_err = (open(tmp_path / name, "w+") for name in ("stdout", "stderr"))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "vidistill.cli", "train", *map(str, argv), "--steps", "1000000"],
+        stdout=log_out,
+        stderr=log_err,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+    )
+    try:
+        deadline = time.monotonic() + 900  # generous: first checkpoint after 2 steps, seconds on an idle machine
+        while tf.train.latest_checkpoint(str(run / "checkpoints")) is None:
+            assert child.poll() is None, f"training ended before it was interrupted: {child.returncode}"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        code = child.wait(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    log_err.seek(0)
+    err = log_err.read()
+    assert code == 130, err[-3000:]
+    assert "vidistill train: interrupted\n" in err and "Traceback" not in err, err[-3000:]
+    last = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    step = int(last.rsplit("-", 1)[1])  # checkpoints are numbered by their step
+    assert step >= 2 and step % 2 == 0, last
+    assert main(["train", "--out", str(run), "--resume", "--steps", str(step + 2)]) == 0
+    lines = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == step + 2 and lines[-1]["from_step"] == step, lines  # continued where it stopped
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step + 2}")
+
+
 def test_tensorflow_start_up_chatter_is_filtered_and_ours_is_not():
     """TensorFlow logs before absl is initialized straight to descriptor 2 (banner, oneDNN, no-CUDA lines, the
     cuInit error); the CLI's filter drops those and passes our lines, warnings, partial progress-bar updates and
