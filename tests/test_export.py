@@ -23,8 +23,8 @@ from vidistill.export import precision
 from vidistill.export.card import read_card
 from vidistill.export.config import PRECISIONS, ExportConfig
 from vidistill.export.onnx_export import convert
-from vidistill.export.predictor import Predictor
-from vidistill.export.sessions import gpu_present
+from vidistill.export.predictor import Predictor, prepare_inputs
+from vidistill.export.sessions import gpu_present, int8_saturates
 from vidistill.students import selection, selection_numpy
 from vidistill.students.convert import save_student
 from vidistill.students.student import build_student, student_config
@@ -32,6 +32,8 @@ from vidistill.teachers.config import HeadConfig, HLSTMConfig, NeXtVLADConfig, R
 from vidistill.teachers.registry import build_model
 from vidistill.cli import main
 from vidistill.yt8m.records import write_records
+
+import without_vnni
 
 pytestmark = pytest.mark.slow  # every precision exported from trained tiny students: minutes
 
@@ -421,7 +423,16 @@ def _int8_weights(path) -> np.ndarray:
     return np.concatenate(values)
 
 
-def test_int8_weights_have_7_bits_unless_the_full_range_is_asked(hlstm_export, hlstm_student, tmp_path):
+@pytest.fixture(scope="module")
+def hlstm_full_range(work, hlstm_student):
+    """The H-LSTM student's int8-dynamic file with full-range weights ([-127, 127]): (the export's exit code, its
+    folder). Its parity is measured on random videos (no --eval-data)."""
+    out = work / "hlstm-full-range"
+    code = main(["export", hlstm_student, "--out", str(out), "--precision", "int8-dynamic", "--full-int8-range"])
+    return code, out
+
+
+def test_int8_weights_have_7_bits_unless_the_full_range_is_asked(hlstm_export, hlstm_full_range):
     """On x86 CPUs without VNNI ONNX Runtime sums pairs of uint8 x int8 products in 16-bit lanes: weights within
     [-64, 64] keep every pair under 32767 (2 x 255 x 64 = 32640), full-range ones do not (the QAT weights' grid
     [-63, 63] is checked in test_qat)."""
@@ -434,13 +445,41 @@ def test_int8_weights_have_7_bits_unless_the_full_range_is_asked(hlstm_export, h
         assert np.abs(weights.astype(np.int32)).max() == 64, name  # DynamicQuantizeLSTM's W and R included
     assert cards["fp32"].int8_weight_levels == 0 and cards["tf-fp32"].int8_weight_levels == 0
     checked = cards["int8-dynamic"].checked_on
-    assert checked["cpu"] and checked["provider"] == "cpu" and isinstance(checked["int8_saturates"], bool)
+    assert checked["cpu"] and checked["provider"] == "cpu" and checked["int8_saturates"] == int8_saturates()
 
-    out = tmp_path / "full"
-    assert main(["export", hlstm_student, "--out", str(out), "--precision", "int8-dynamic", "--full-int8-range"]) == 0
+    code, out = hlstm_full_range
     full = read_card(str(out / "int8-dynamic.json"))
     assert full.int8_weight_levels == 127 and any(n.startswith("full-range int8 weights") for n in full.notes)
     assert np.abs(_int8_weights(out / "int8-dynamic.onnx").astype(np.int32)).max() == 127
+    # the export judges the file on this CPU: exact with VNNI / AMX; without them its products may saturate past
+    # the tolerance (measured 0.187 against 0.15 on an AMD EPYC with AVX2 only), and the export exits 1 then
+    assert full.checked_on["int8_saturates"] == int8_saturates()
+    assert code == (0 if full.parity.passed else 1)
+    assert full.parity.passed or int8_saturates()
+
+
+@without_vnni.needed
+def test_full_range_int8_weights_saturate_on_a_cpu_without_vnni_and_7_bit_ones_do_not(
+    hlstm_export, hlstm_full_range, tmp_path
+):
+    """The student's two int8-dynamic files, 7-bit and full-range weights, run by ONNX Runtime on an x86 CPU
+    without VNNI (this one, or an emulated Haswell) against its fp32 file, on the random videos the export checks
+    parity on without held-out data: the 7-bit file within its tolerance, the full-range one off by more (its
+    uint8 x int8 pairs saturate the 16-bit lanes). The reason 7 bits are the default."""
+    from vidistill.export.config import TOLERANCES
+
+    card = read_card(str(hlstm_export / "fp32.json"))
+    rng = np.random.default_rng(0)
+    videos = rng.uniform(-2, 2, (64, FRAMES, 1152)).astype(np.float32)
+    inputs = prepare_inputs(card, videos, rng.integers(1, FRAMES + 1, 64))
+    reference = ort.InferenceSession(str(hlstm_export / "fp32.onnx"), providers=CPU).run(["predictions"], inputs)[0]
+    files = [hlstm_export / "int8-dynamic.onnx", hlstm_full_range[1] / "int8-dynamic.onnx"]
+    seven_bits, full_range = without_vnni.max_errors(
+        files, [reference, reference], inputs["frames"], inputs["num_frames"], str(tmp_path)
+    )
+    print(f"on {without_vnni.where()}: 7-bit {seven_bits:.3g}, full range {full_range:.3g}")
+    assert seven_bits <= TOLERANCES["int8-dynamic"].max_abs
+    assert full_range > 2 * seven_bits, (without_vnni.where(), seven_bits, full_range)
 
 
 # ------------------------------------------------------------------------------------------------ Predictor
