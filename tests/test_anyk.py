@@ -129,54 +129,136 @@ def test_bad_sets_of_k_are_clear_errors():
 
 # ------------------------------------------------------------------------------------------------ the loss
 def test_the_loss_is_the_mean_over_k_and_self_distillation_reads_the_largest_k():
+    """Each k's L_CE, their mean, and loss.self_pred: W adding exactly W x the mean over the smaller k's of L_PRED
+    from the largest k's pass, that pass held constant (the term's gradient is the one with the largest k's output
+    a constant, and it would differ were the largest k's output live)."""
+    from vidistill.distill.losses import prediction_kl
+
     tf.random.set_seed(0)
     config = student_config(HLSTM, k=KS)
     student = build_student(config)
+    for variable in student.trainable_variables:  # untrained, its k's agree (self_pred ~ 1e-6): spread them
+        variable.assign(variable * 5)
     views = student_views(student, config)
     weights = LossWeights(ce=1.0, rep=0.0, pred=0.0, self_pred=0.5)
     distiller = Distiller("student", None, student, weights, student_views=views)
     frames, n = _videos(1)
     labels = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
-    logs = distiller.compute_losses({"frames": frames, "num_frames": n, "labels": labels}, training=False)
-    outputs = {k: views[k]({"frames": frames, "num_frames": n}) for k in KS}
-    for k in KS:
-        ce = tf.keras.losses.binary_crossentropy(labels, outputs[k]["predictions"]) * 4  # summed over classes
-        np.testing.assert_allclose(logs[f"ce_k{k}"], np.mean(ce), rtol=1e-4)
+    batch = {"frames": frames, "num_frames": n, "labels": labels}
+    variables = student.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        logs = distiller.compute_losses(batch, training=False)
+        outputs = {k: views[k]({"frames": frames, "num_frames": n}) for k in KS}
+        largest = outputs[8]["predictions"]
+        held = tf.add_n([prediction_kl(tf.stop_gradient(largest), outputs[k]["predictions"]) for k in (3, 5)]) / 2
+        live = tf.add_n([prediction_kl(largest, outputs[k]["predictions"]) for k in (3, 5)]) / 2
+    for k in KS:  # the official loss: summed over the classes, eps 1e-5 inside the logs, batch mean
+        p = outputs[k]["predictions"].numpy().astype(np.float64)
+        ce = -(labels * np.log(p + 1e-5) + (1 - labels) * np.log(1 - p + 1e-5)).sum(-1).mean()
+        np.testing.assert_allclose(logs[f"ce_k{k}"], ce, rtol=1e-5)
     np.testing.assert_allclose(logs["ce"], np.mean([logs[f"ce_k{k}"] for k in KS]), rtol=1e-6)
     kl = Prediction(1.0, "kl")
     self_pred = np.mean([kl.compute(LossInputs(labels, outputs[8], outputs[k])) for k in (3, 5)])
     np.testing.assert_allclose(logs["self_pred"], self_pred, rtol=1e-5)
     np.testing.assert_allclose(logs["loss"], logs["ce"] + 0.5 * self_pred + sum(student.losses), rtol=1e-5)
     off = Distiller("student", None, student, dataclasses.replace(weights, self_pred=0.0), student_views=views)
-    logs_off = off.compute_losses({"frames": frames, "num_frames": n, "labels": labels}, training=False)
-    assert "self_pred" not in logs_off and float(logs_off["loss"]) < float(logs["loss"])
+    logs_off = off.compute_losses(batch, training=False)
+    assert "self_pred" not in logs_off
+    np.testing.assert_allclose(logs_off["ce"], logs["ce"], rtol=1e-6)
+    np.testing.assert_allclose(logs["loss"], logs_off["loss"] + 0.5 * logs["self_pred"], rtol=1e-6)
+    # the stop-gradient: the term's gradient is the one with the largest k's output held constant
+    got, want, through = (tape.gradient(value, variables) for value in (logs["self_pred"], held, live))
+    scale = max(float(np.abs(g).max()) for g in want)
+    for variable, g, w in zip(variables, got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * scale, err_msg=variable.name)
+    # and the check has teeth: through the largest k's pass the gradient is another one
+    assert max(float(np.abs(t - w).max()) for t, w in zip(through, want)) > 0.1 * scale
+
+
+def _official_ce(labels, predictions):
+    """L_CE restated: -(y log(p + 1e-5) + (1 - y) log(1 - p + 1e-5)) summed over the classes, batch mean."""
+    per_class = labels * tf.math.log(predictions + 1e-5) + (1 - labels) * tf.math.log(1 - predictions + 1e-5)
+    return -tf.reduce_mean(tf.reduce_sum(per_class, axis=-1))
+
+
+def _kl(teacher, student, eps=1e-8):
+    """The paper's L_PRED restated: KL between the prediction vectors renormalized to sum 1, batch mean."""
+    q_t = teacher / tf.reduce_sum(teacher, axis=-1, keepdims=True)
+    q_s = student / tf.reduce_sum(student, axis=-1, keepdims=True)
+    return tf.reduce_mean(tf.reduce_sum(q_t * (tf.math.log(q_t + eps) - tf.math.log(q_s + eps)), axis=-1))
+
+
+def _counting_calls(model, monkeypatch) -> tf.Variable:
+    """A counter of `model`'s executed calls (a variable: a traced step counts each time it runs, not when traced)."""
+    count = tf.Variable(0, trainable=False)
+    call = model.call
+
+    def counted(*args, **kwargs):
+        count.assign_add(1)
+        return call(*args, **kwargs)
+
+    monkeypatch.setattr(model, "call", counted)
+    return count
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["netvlad", "transformer"])  # the H-LSTM trains end to end below
-def test_the_vlad_and_transformer_families_train_at_every_k_in_one_step(family):
-    """A train step of an any-k student (distilled in parallel with a teacher of its family): every k's terms
-    logged, the loss finite, the weights moved."""
+def test_the_vlad_and_transformer_families_train_at_every_k_in_one_step(family, monkeypatch):
+    """One fit step of an any-k student distilled in parallel with a teacher of its family: the teacher runs once
+    and the student's backbone once per k; each k's terms are logged as computed here on the batch; and the update
+    (plain SGD) is -lr times the gradient of teacher_ce + the mean over k of (L_CE + 0.01 L_REP + L_PRED) +
+    self_pred, the teacher's outputs and the largest k's held constant in the student's terms: every k trains the
+    shared weights and the teacher learns from its own L_CE alone."""
     import tf_keras as keras
 
+    from vidistill.students.student import backbone_of
     from vidistill.teachers.registry import build_model
 
     keras.utils.set_random_seed(0)
     teacher = build_model(FAMILIES[family], name="teacher")
     config = student_config(FAMILIES[family], k=KS)
     student = build_student(config)
-    distiller = Distiller(
-        "parallel", teacher, student, LossWeights(self_pred=1.0), student_views=student_views(student, config)
-    )
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    views = student_views(student, config)
+    distiller = Distiller("parallel", teacher, student, LossWeights(self_pred=1.0), student_views=views)
+    learning_rate = 0.5
+    distiller.compile(optimizer=keras.optimizers.SGD(learning_rate))
     frames, n = _videos(4)
-    before = [w.copy() for w in student.get_weights()]
-    batch = {"frames": frames, "num_frames": n, "labels": np.eye(4, dtype=np.float32)}
-    history = distiller.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+    labels = np.eye(4, dtype=np.float32)
+    x = {"frames": frames, "num_frames": n}
+    variables = teacher.trainable_variables + student.trainable_variables
+    with tf.GradientTape() as tape:
+        t = teacher(x, training=True)
+        s = {k: views[k](x, training=True) for k in KS}
+        held_t = {key: tf.stop_gradient(t[key]) for key in ("predictions", "representation")}
+        want = {"teacher_ce": _official_ce(labels, t["predictions"])}
+        for k in KS:
+            want[f"ce_k{k}"] = _official_ce(labels, s[k]["predictions"])
+            diff = held_t["representation"] - s[k]["representation"]
+            want[f"rep_k{k}"] = tf.reduce_mean(tf.reduce_sum(diff * diff, axis=-1))
+            want[f"pred_k{k}"] = _kl(held_t["predictions"], s[k]["predictions"])
+        largest = tf.stop_gradient(s[8]["predictions"])
+        want["self_pred"] = (_kl(largest, s[3]["predictions"]) + _kl(largest, s[5]["predictions"])) / 2
+        per_k = [want[f"ce_k{k}"] + 0.01 * want[f"rep_k{k}"] + want[f"pred_k{k}"] for k in KS]
+        want["loss"] = want["teacher_ce"] + tf.add_n(per_k) / 3 + want["self_pred"]
+        want["loss"] += tf.add_n(teacher.losses + student.losses) if teacher.losses + student.losses else 0.0
+    gradients = tape.gradient(want["loss"], variables)
+    before = [v.numpy() for v in variables]
+    teacher_calls = _counting_calls(teacher, monkeypatch)
+    backbone_calls = _counting_calls(backbone_of(student), monkeypatch)
+
+    history = distiller.fit(tf.data.Dataset.from_tensors({**x, "labels": labels}), epochs=1, verbose=0)
     logs = {name: values[-1] for name, values in history.history.items()}
-    assert {f"{term}_k{k}" for term in ("ce", "rep", "pred") for k in KS} | {"self_pred", "teacher_ce"} <= set(logs)
-    assert np.isfinite(logs["loss"])
-    assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
+    assert (int(teacher_calls.numpy()), int(backbone_calls.numpy())) == (1, len(KS))
+    for name, value in want.items():
+        np.testing.assert_allclose(logs[name], value.numpy(), rtol=1e-4, err_msg=name)
+    for name in ("ce", "rep", "pred"):
+        np.testing.assert_allclose(logs[name], np.mean([logs[f"{name}_k{k}"] for k in KS]), rtol=1e-5)
+    for variable, old, gradient in zip(variables, before, gradients):
+        step = (old - variable.numpy()) / learning_rate
+        atol = 1e-6 + 1e-3 * float(np.abs(gradient).max())
+        np.testing.assert_allclose(step, gradient, rtol=1e-3, atol=atol, err_msg=variable.name)
+    teachers = len(teacher.trainable_variables)  # both models moved: their gradients are not 0
+    assert min(max(float(np.abs(g).max()) for g in part) for part in (gradients[:teachers], gradients[teachers:])) > 0
 
 
 # ------------------------------------------------------------------------------------------------ the card
