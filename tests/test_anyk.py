@@ -307,7 +307,9 @@ def read_tolerance():
 @pytest.mark.parametrize("family", ["hlstm", "transformer", "netvlad"])
 def test_the_onnx_file_takes_any_k_and_matches_keras_at_each(family):
     """One conversion, k dynamic: at the trained k's and at others (the file computes any k; only the Predictor
-    holds to the trained ones), fp32 and int8-dynamic within their tolerances of the Keras network at that k."""
+    holds to the trained ones), fp32 and int8-dynamic within their tolerances of the Keras network at that k, each
+    under half what a file that ignores its input would miss by (an untrained student's probabilities barely
+    depend on its input: int8's bound is a quarter of their spread)."""
     import onnxruntime as ort
 
     from vidistill.export import onnx_export, quantize
@@ -329,10 +331,12 @@ def test_the_onnx_file_takes_any_k_and_matches_keras_at_each(family):
     for k in (*KS, 6, 1):
         selected, counts = select_frames(frames, n, k, "uniform", seed=0)
         want = source.network({"frames": selected, "num_frames": counts})["predictions"].numpy()
+        ignoring = float((want.max(axis=0) - want.min(axis=0)).max()) / 2  # the least miss of a constant output
+        tolerances = {"fp32": 1e-5, "int8-dynamic": min(0.05, ignoring / 4)}
         for name, session in sessions.items():
+            assert tolerances[name] < ignoring / 2, (family, name, k, ignoring)
             got = session.run(["predictions"], {"frames": selected, "num_frames": counts})[0]
-            tolerance = 1e-5 if name == "fp32" else 0.05
-            np.testing.assert_allclose(got, want, atol=tolerance, err_msg=f"{family} {name} k={k}")
+            np.testing.assert_allclose(got, want, atol=tolerances[name], err_msg=f"{family} {name} k={k}")
         if k in KS:
             full = student_at(student, config, k)({"frames": frames, "num_frames": n})["predictions"].numpy()
             np.testing.assert_allclose(want, full, atol=1e-6)
