@@ -385,15 +385,63 @@ def test_a_mixture_teacher_distils_into_a_student(family, synth_data, tiny_teach
 
 
 def test_a_mixture_student_trains_alone_with_its_branch_terms():
-    from vidistill.students.student import build_student, student_config
+    """Student mode: loss = ce + branch_weight branch_ce + kl_weight branch_kl (+ the heads' L2), the branch terms
+    numpy's on the student's own outputs at the config's temperature; branch_kl trains the branches (each head's
+    bias gets T mean_b (softmax(z_m / T) - softmax(z_mix / T)), the mixture a constant) and never the gate; a
+    training step lowers the loss and moves the branches and the gate."""
+    from vidistill.students.student import backbone_of, build_student, student_config
 
     keras.utils.set_random_seed(0)
-    student = build_student(student_config(dataclasses.replace(TINY, num_classes=2), k=4))
-    assert mixture_of(student) is not None  # found inside the student's backbone
+    t = 2.0
+    config = dataclasses.replace(TINY, num_classes=2, temperature=t, branch_weight=0.5, kl_weight=0.25)
+    student = build_student(student_config(config, k=4))
+    assert mixture_of(student) == dataclasses.replace(config, frames=4)  # found inside the student's backbone
+    layer = backbone_of(student).get_layer("mixnextvlad")
     distiller = Distiller("student", None, student, LossWeights())
-    assert [t.name for t in distiller.terms] == ["ce", "branch_ce", "branch_kl"]
-    logs = distiller.compute_losses({k: tf.constant(v) for k, v in _prototype_problem(8).items()}, training=True)
-    assert float(logs["branch_ce"]) > 0 and float(logs["branch_kl"]) >= 0
+    assert [term.name for term in distiller.terms] == ["ce", "branch_ce", "branch_kl"]
+    batch = {k: tf.constant(v) for k, v in _prototype_problem(16).items()}
+    labels = batch["labels"].numpy()
+    with tf.GradientTape() as tape:
+        logs = distiller.compute_losses(batch, training=True)
+    # the same forward pass again (uniform selection, no dropout, batch statistics: deterministic)
+    out = student({"frames": batch["frames"], "num_frames": batch["num_frames"]}, training=True)
+    z, z_mix = out["branch_logits"].numpy(), out["mixture_logits"].numpy()
+    branch_ce, branch_kl = _numpy_terms(labels, z, z_mix, t)
+    p = 1 / (1 + np.exp(-z_mix.astype(np.float64)))
+    ce = -(labels * np.log(p + 1e-5) + (1 - labels) * np.log(1 - p + 1e-5)).sum(axis=1).mean()
+    assert float(logs["ce"]) == pytest.approx(ce, rel=1e-5)
+    assert float(logs["branch_ce"]) == pytest.approx(branch_ce, rel=1e-5)
+    assert float(logs["branch_kl"]) == pytest.approx(branch_kl, rel=1e-4)
+    l2 = sum(float(loss) for loss in student.losses)
+    assert float(logs["loss"]) == pytest.approx(ce + 0.5 * branch_ce + 0.25 * branch_kl + l2, rel=1e-5)
+
+    # branch_kl's gradient: none reaches the gate (z_mix is a stop-gradient); each head's bias gets exactly
+    # d/db_m of T^2 mean_b KL(q || softmax(z_m / T)) with q = softmax(z_mix / T) held constant
+    def softmax(a):
+        e = np.exp(a - a.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    gate = layer.gate.trainable_variables
+    biases = [head.dense.bias for head in layer.heads]
+    encoders = [e.trainable_variables for e in layer.encoders]
+    gate_grads, bias_grads, encoder_grads = tape.gradient(logs["branch_kl"], [gate, biases, encoders])
+    assert len(gate_grads) == 2 and all(g is None for g in gate_grads)
+    q = softmax(z_mix.astype(np.float64) / t)
+    for m, (grad, grads) in enumerate(zip(bias_grads, encoder_grads)):
+        expected = t * (softmax(z[:, m].astype(np.float64) / t) - q).mean(axis=0)
+        np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-3, atol=1e-7, err_msg=f"branch {m}")
+        assert all(g is not None for g in grads) and all(np.abs(g.numpy()).sum() > 0 for g in grads), m
+
+    # one training step (eager: tracing a step of three branches costs a minute) on the loss above: it falls, and
+    # every branch and the gate move
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    watched = [layer.gate.kernel] + [h.dense.kernel for h in layer.heads] + [e.hidden.kernel for e in layer.encoders]
+    before = [v.numpy().copy() for v in watched]
+    assert float(distiller.train_step(batch)["loss"]) == pytest.approx(float(logs["loss"]), rel=1e-5)
+    after = float(distiller.compute_losses(batch, training=True)["loss"])
+    assert after < 0.8 * float(logs["loss"]), (after, float(logs["loss"]))
+    for variable, old in zip(watched, before):
+        assert not np.allclose(variable.numpy(), old), variable.name
 
 
 # ------------------------------------------------------------------------------------------------ configuration
@@ -424,14 +472,38 @@ def test_config_round_trips_and_errors(tmp_path):
 
 
 def test_layer_get_config_round_trips():
+    """Every option survives get_config / from_config (the loss options too, which change no weight), and the
+    rebuilt layer with the original's weights (random ones, moving statistics included) computes its outputs."""
+    config = dataclasses.replace(
+        TINY,
+        branches=2,
+        dropout=0.25,
+        temperature=2.0,
+        branch_weight=0.5,
+        kl_weight=0.25,
+        head=HeadConfig("logistic", l2=1e-3),
+    )
     x, n = _batch([6, 2])
-    layer = MixNeXtVLAD(TINY, name="mix")
-    out = layer(x, n)
+    layer = MixNeXtVLAD(config, name="mix")
+    layer(x, n)
+    rng = np.random.default_rng(3)
+    layer.set_weights(
+        [
+            rng.uniform(0.5, 2.0, w.shape) if "moving_variance" in v.name else w + 0.1 * rng.normal(size=w.shape)
+            for v, w in zip(layer.weights, layer.get_weights())
+        ]
+    )
     again = MixNeXtVLAD.from_config(layer.get_config())
-    out_again = again(x, n)
-    assert again.get_config() == layer.get_config() and again.config == TINY
-    assert again.count_params() == layer.count_params()
-    assert {k: v.shape for k, v in out_again.items()} == {k: v.shape for k, v in out.items()}
+    assert again.config == config and again.name == "mix"
+    again(x, n)
+    again.set_weights(layer.get_weights())
+    out, out_again = layer(x, n, training=False), again(x, n, training=False)
+    assert set(out_again) == set(OUTPUTS)
+    for key in OUTPUTS:
+        np.testing.assert_allclose(out_again[key].numpy(), out[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+    penalties = [float(loss) for loss in layer.losses]  # the heads' L2 (its weight an option too)
+    assert len(penalties) == 2 and min(penalties) > 0
+    np.testing.assert_allclose([float(loss) for loss in again.losses], penalties, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ export
