@@ -277,20 +277,61 @@ def test_model_rebuilt_from_config_dict(family):
     assert build_model(again).count_params() == build_model(config).count_params()
 
 
+def _randomized(layer, seed=3):
+    """`layer` with random weights (positive moving variances), so that a weight or an option lost in a round trip
+    shows in the outputs."""
+    rng = np.random.default_rng(seed)
+    layer.set_weights(
+        [
+            rng.uniform(0.5, 2.0, w.shape) if "moving_variance" in v.name else w + 0.1 * rng.normal(size=w.shape)
+            for v, w in zip(layer.weights, layer.get_weights())
+        ]
+    )
+    return layer
+
+
 def test_layer_get_config_round_trips():
+    """Each layer, built with options other than its defaults, comes back from its config with those options and,
+    given the original's weights, computes the same outputs (FrameMask's sampling: the same random draws)."""
     x, n = _batch([6, 2])
     mask = tf.sequence_mask(n, FRAMES, dtype=tf.float32)
+
+    def seeded(call):  # a layer that samples frames draws the same ones on every call
+        def with_seed(layer):
+            tf.random.set_seed(5)
+            return call(layer)
+
+        return with_seed
+
+    netvlad = dataclasses.replace(
+        TINY_NETVLAD, pooling="netrvlad", non_local=True, context_gating=False, input_batch_norm=False, sample_frames=4
+    )
     layers = [
-        (NetVLADEncoder(TINY_NETVLAD, name="enc"), lambda layer: layer(x, n)),
-        (NeXtVLADEncoder(TINY_NEXTVLAD, name="enc"), lambda layer: layer(x, n)),
-        (NetVLADPooling(4, "netrvlad", False, name="pool"), lambda layer: layer(x[..., 1024:], mask)),
-        (NeXtVLADPooling(2, 4, 3, name="pool"), lambda layer: layer(x[..., 1024:], mask)),
-        (FrameMask(3, name="mask"), lambda layer: layer(x, n)[0]),
+        (NetVLADEncoder(netvlad, name="enc"), seeded(lambda layer: layer(x, n)), {"config": netvlad}),
+        (NeXtVLADEncoder(TINY_NEXTVLAD, name="enc"), lambda layer: layer(x, n), {"config": TINY_NEXTVLAD}),
+        (
+            NetVLADPooling(4, "netfv", False, name="pool"),
+            lambda layer: layer(x[..., 1024:], mask),
+            {"clusters": 4, "pooling": "netfv", "input_batch_norm": False, "non_local": False},
+        ),
+        (
+            NetVLADPooling(3, "netrvlad", non_local=True, name="pool"),
+            lambda layer: layer(x[..., 1024:], mask),
+            {"clusters": 3, "pooling": "netrvlad", "input_batch_norm": True, "non_local": True},
+        ),
+        (
+            NeXtVLADPooling(2, 4, 3, name="pool"),
+            lambda layer: layer(x[..., 1024:], mask),
+            {"expansion": 2, "groups": 4, "clusters": 3},
+        ),
+        (FrameMask(3, name="mask"), seeded(lambda layer: layer(x, n)[0]), {"sample_frames": 3}),
     ]
-    for layer, call in layers:
-        out = call(layer)
+    for layer, call, options in layers:
+        call(layer)
+        _randomized(layer)
         again = type(layer).from_config(layer.get_config())
-        out_again = call(again)
-        assert again.get_config() == layer.get_config()
-        assert again.count_params() == layer.count_params()
-        assert out_again.shape == out.shape
+        assert {name: getattr(again, name) for name in options} == options, type(layer).__name__
+        call(again)  # built
+        again.set_weights(layer.get_weights())
+        out, out_again = call(layer), call(again)
+        np.testing.assert_allclose(out_again.numpy(), out.numpy(), rtol=1e-5, atol=1e-6, err_msg=type(layer).__name__)
