@@ -261,6 +261,38 @@ def test_the_vlad_and_transformer_families_train_at_every_k_in_one_step(family, 
     assert min(max(float(np.abs(g).max()) for g in part) for part in (gradients[:teachers], gradients[teachers:])) > 0
 
 
+def test_the_mean_gap_over_k_picks_the_best_checkpoint(tmp_path, monkeypatch):
+    """Held-out metrics are logged per k (gap_k3, gap_k6) and their mean picks checkpoints/best: the evaluations'
+    GAPs are made up so that k=3 alone would keep step 2, k=6 (the default k) alone step 4, and their mean step 6."""
+    from vidistill.distill import evaluate
+    from vidistill.distill.trainer import BEST, Run
+
+    records = tmp_path / "records.tfrecord"
+    records.write_bytes(b"x")  # nothing reads them: the run only checks that its patterns name files
+    config = TrainConfig(
+        mode="student",
+        student=student_config(dataclasses.replace(FAMILIES["dbof"], clusters=16, hidden=16), k=[3, 6]),
+        data=DataConfig(train=str(records), eval=str(records), max_frames=20),
+    )
+    run = Run(config, str(tmp_path / "run"))
+    gaps = {2: {3: 0.9, 6: 0.0}, 4: {3: 0.0, 6: 0.9}, 6: {3: 0.6, 6: 0.6}}
+    evaluated = []
+
+    def made_up(model, pattern, *, select, **_):
+        k = model.get_layer("select").k  # the student at k (its selector's k)
+        evaluated.append((step, k, select is not None))
+        return {"gap": gaps[step][k]}
+
+    monkeypatch.setattr(evaluate, "evaluate_model", made_up)
+    for step in gaps:
+        run.evaluate_and_keep_best(step)
+    assert evaluated == [(step, k, True) for step in gaps for k in (3, 6)]
+    metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [(m["step"], m["gap_k3"], m["gap_k6"]) for m in metrics] == [(s, g[3], g[6]) for s, g in gaps.items()]
+    np.testing.assert_allclose([m["gap"] for m in metrics], [0.45, 0.45, 0.6])
+    assert os.path.basename(tf.train.latest_checkpoint(str(tmp_path / "run" / BEST))) == "ckpt-6"
+
+
 # ------------------------------------------------------------------------------------------------ the card
 def test_a_card_at_k_describes_the_file_there_and_refuses_other_ks(tmp_path):
     parity = Parity(videos=4, max_abs=1e-6, max_rel=1e-5, mean_abs=1e-7, passed=True)
