@@ -55,6 +55,8 @@ def test_table1_miniature_runs_every_row_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_segment_experiment_miniature_runs_every_cell_benches_and_resumes(tmp_path, capsys):
     from vidistill.cli import main
+    from vidistill.distill.evaluate import evaluate_segments
+    from vidistill.distill.runs import load_model
     from vidistill.segment_experiment import SegmentExperiment, SegmentExperimentConfig
 
     assert main(["experiment", "segments", "--quick", "--out", str(tmp_path)]) == 0
@@ -63,17 +65,41 @@ def test_segment_experiment_miniature_runs_every_cell_benches_and_resumes(tmp_pa
     cells = {f"{f}/{kind}" for f in families for kind in ("video", "scratch", "pretrained")}
     assert set(results) == cells | {"student/alone", "student/distilled", "latency"}
     for family in families:
-        assert 0.0 <= results[f"{family}/video"]["gap"] <= 1.0
         for kind in ("scratch", "pretrained"):
-            row = results[f"{family}/{kind}"]
-            assert 0.0 <= row["map"] <= 1.0 and 0.0 <= row["map_tta"] <= 1.0 and row["frames"] == 5
+            assert results[f"{family}/{kind}"]["frames"] == 5
     assert results["student/alone"]["frames"] == results["student/distilled"]["frames"] == 2
     config = SegmentExperimentConfig.quick()
-    for name in SegmentExperiment(config, str(tmp_path)).segment_models():
+    experiment = SegmentExperiment(config, str(tmp_path))
+    for name in experiment.segment_models():
         for precision in ("fp32", "int8-dynamic"):
             assert set(results["latency"][name][precision]) == {"1", "4"}, (name, precision)
+    # a cell's two segment MAPs are what `vidistill eval --segments [--shift]` computes (evaluate_segments) of its
+    # saved run on the held-out records, without and with the experiment's shifts (one cell: seconds each); they
+    # differ, so a mix-up would show
+    cell, loaded = results["nextvlad/pretrained"], load_model(experiment.run_dir("nextvlad/pretrained"))
+    for key, shifts in (("map", (0,)), ("map_tta", config.shifts)):
+        common = dict(num_classes=loaded.num_classes, max_frames=loaded.max_frames, batch_size=128)
+        assert evaluate_segments(loaded.model, experiment.heldout, shifts=shifts, **common)["map"] == cell[key], key
+    assert cell["map"] != cell["map_tta"]
+    # the report shows results.json's numbers, each in its column (to the digits it prints)
     report = (tmp_path / "segments.md").read_text()
-    assert "| nextvlad |" in report and "distilled (serial L_rep, L_pred, L_CE)" in report
+    best = max(families, key=lambda f: results[f"{f}/pretrained"]["map_tta"])
+    assert f"model ({best}): 2 of each segment's 5 frames" in report
+
+    def latency(name):
+        return [results["latency"][name][p][b] for p in ("fp32", "int8-dynamic") for b in ("1", "4")]
+
+    for family in families:
+        video, scratch, pre = (results[f"{family}/{kind}"] for kind in ("video", "scratch", "pretrained"))
+        numbers = [pre["parameters"], video["gap"], scratch["map"], scratch["map_tta"], pre["map"], pre["map_tta"]]
+        _shows(report, family, numbers + latency(f"{family}/pretrained"))
+    for name, label in (
+        (f"{best}/pretrained", f"{best} segment model (teacher)"),
+        ("student/alone", "student k=2, trained alone"),
+        ("student/distilled", "student k=2, distilled (serial L_rep, L_pred, L_CE)"),
+    ):
+        row = results[name]
+        _shows(report, label, [row["frames"], row["parameters"], row["map"], row["map_tta"], *latency(name)])
     capsys.readouterr()
     started = (tmp_path / "results.json").stat().st_mtime
     assert main(["experiment", "segments", "--quick", "--out", str(tmp_path)]) == 0  # every cell done: nothing runs
@@ -82,6 +108,16 @@ def test_segment_experiment_miniature_runs_every_cell_benches_and_resumes(tmp_pa
     assert "--serial-pred-rows belongs to table1" in capsys.readouterr().err
     assert main(["experiment", "segments", "--quick", "--seed", "1", "--out", str(tmp_path)]) == 2
     assert "holds an experiment with another configuration (changed: seed)" in capsys.readouterr().err
+
+
+def _shows(report: str, first: str, numbers: list) -> None:
+    """The report's table row whose first cell is `first` holds `numbers`, each to the digits it is printed with."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in report.splitlines() if line[:1] == "|"]
+    (cells,) = [row[1:] for row in rows if row[0] == first]
+    assert len(cells) == len(numbers), (first, cells)
+    for cell, number in zip(cells, numbers):
+        digits = len(cell.partition(".")[2])
+        assert abs(float(cell.replace(",", "")) - number) <= 0.5 * 10**-digits + 1e-9, (first, cell, number)
 
 
 def test_anyk_experiment_resumes_from_its_results_and_reports_them(tmp_path, capsys):
