@@ -75,16 +75,19 @@ class BenchConfig:
             raise ConfigError("give at least one model")
         self.providers = parse_providers(",".join(self.providers))
         if not self.batches or any(int(b) != b or b < 1 for b in self.batches):
-            raise ConfigError(f"batch sizes must be positive integers, not {self.batches}")
+            raise ConfigError(f"--batch: batch sizes must be positive integers, not {self.batches}")
         self.batches = list(dict.fromkeys(self.batches))
         checks = [
-            (self.threads is None or self.threads >= 1, f"threads must be at least 1, not {self.threads}"),
-            (self.runs is None or self.runs >= 1, f"runs must be at least 1, not {self.runs}"),
-            (self.duration > 0, f"duration must be positive, not {self.duration}"),
+            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, not {self.threads}"),
+            (self.runs is None or self.runs >= 1, f"--runs must be at least 1, not {self.runs}"),
+            (self.duration > 0, f"--duration must be positive, not {self.duration}"),
             (self.min_runs >= 1, f"--min-runs must be at least 1, not {self.min_runs}"),
             (self.time_cap > 0, f"--time-cap must be positive, not {self.time_cap}"),
-            (self.warmup >= 0, f"warm-up runs must be 0 or more, not {self.warmup}"),
-            (self.input_sets >= 2, f"input sets must be 2 or more (rotated between runs), not {self.input_sets}"),
+            (self.warmup >= 0, f"--warmup (warm-up runs) must be 0 or more, not {self.warmup}"),
+            (self.input_sets >= 2, f"--input-sets must be 2 or more (rotated between runs), not {self.input_sets}"),
+            (self.seed >= 0, f"--seed must be 0 or more, not {self.seed}"),
+            (self.pareto_batch >= 1, f"--pareto-batch must be at least 1, not {self.pareto_batch}"),
+            (self.peak_size is None or self.peak_size >= 1, f"--peak-size must be at least 1, not {self.peak_size}"),
         ]
         for ok, message in checks:
             if not ok:

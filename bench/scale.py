@@ -75,6 +75,8 @@ class ScaleConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not 0 < self.width <= 1:
             raise ConfigError(f"--width must be in (0, 1] (got {self.width})")
+        if not self.bench_duration > 0:
+            raise ConfigError(f"--bench-duration must be positive (got {self.bench_duration})")
 
 
 @dataclass

@@ -12,7 +12,14 @@ import yaml
 from vidistill.distill.losses import LossWeights
 from vidistill.distill.modes import Mode
 from vidistill.students.student import StudentConfig
-from vidistill.teachers.config import ModelConfig, config_from_dict, config_to_dict, from_fields, read_mapping
+from vidistill.teachers.config import (
+    ModelConfig,
+    check_range,
+    config_from_dict,
+    config_to_dict,
+    from_fields,
+    read_mapping,
+)
 from vidistill.yt8m.constants import SEGMENT_FRAMES
 from vidistill.yt8m.files import atomic_write
 from vidistill.yt8m.errors import ConfigError
@@ -131,22 +138,20 @@ class TrainConfig:
             "optimizer.decay_steps": self.optimizer.decay_steps,
         }
         for name, value in counts.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
+            check_range(name, value, ">= 1")
         for name, value in {
             "eval_every": self.eval_every,
             "average_last": self.average_last,
             "data.eval_videos": self.data.eval_videos,
+            "seed": self.seed,
         }.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
+            check_range(name, value, ">= 0")
         for name, value in {
             "optimizer.learning_rate": self.optimizer.learning_rate,
             "optimizer.decay_rate": self.optimizer.decay_rate,
             "optimizer.clip_norm": self.optimizer.clip_norm,
         }.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
+            check_range(name, value, "> 0")
         if self.init and self.init_student:
             raise ConfigError("init (a run) and init_student (a converted student) both start the models: pass one")
         if self.data.segments and self.student is not None and self.student.any_k:

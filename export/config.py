@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vidistill.export.card import Tolerance
+from vidistill.teachers.config import check_range
 from vidistill.yt8m.errors import ConfigError
 
 TF_PRECISIONS = ("tf-fp32", "tf-bf16")
@@ -71,6 +72,16 @@ class ExportConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name, rule in (
+            ("eval_videos", ">= 0"),
+            ("calibration_batches", ">= 1"),
+            ("batch_size", ">= 1"),
+            ("qat_steps", ">= 1"),
+            ("qat_learning_rate", "> 0"),
+            ("random_videos", ">= 1"),
+            ("seed", ">= 0"),
+        ):
+            check_range(name, getattr(self, name), rule)
         data = self.calibration_data
         if self.precisions is None:
             self.precisions = [p for p in PRECISIONS if data or p not in NEEDS_DATA]

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,8 +51,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.head, dict):
             self.head = from_fields(HeadConfig, self.head, f"{self.family}.head")
-        if self.num_classes < 1 or self.frames < 1:
-            raise ConfigError(f"{self.family}: num_classes and frames must be >= 1")
+        check_range("num_classes", self.num_classes, ">= 1")
+        check_range("frames", self.frames, ">= 1")
         for name in self.WIDTH_FIELDS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.family}: {name} must be >= 1, got {getattr(self, name)}")
@@ -362,6 +363,34 @@ def from_fields(cls, data: dict, what: str):
     return cls(**data)
 
 
+class OutOfRange(ConfigError):
+    """A number outside its option's range, or no number (check_range). `option` and `problem` ("must be >= 1, got
+    0") let a command line name the flag that set it as well (vidistill/commands/options.py: flags_named)."""
+
+
+RULES = {">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0}
+
+
+def range_problem(value, rule: str) -> str | None:
+    """What is wrong with `value` under `rule` ("must be >= 1, got 0"), None when nothing: ">= 0" and ">= 1" take
+    an integer (a count), "> 0" a finite number (a rate, a factor, seconds); NaN and infinities obey no rule."""
+    integer = rule != "> 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        return f"must be {'an integer' if integer else 'a number'}, got {value!r}"
+    if not (math.isfinite(value) and RULES[rule](value)):
+        return f"must be {rule}, got {value}"
+    return None
+
+
+def check_range(option: str, value, rule: str) -> None:
+    """The check of a numeric option against its rule (range_problem): an OutOfRange naming `option` when broken."""
+    problem = range_problem(value, rule)
+    if problem is not None:
+        error = OutOfRange(f"{option} {problem}")
+        error.option, error.problem = option, problem
+        raise error
+
+
 def config_from_dict(data: dict) -> ModelConfig:
     data = dict(data)
     family = data.pop("family", None)
@@ -413,7 +442,11 @@ def load_config(path: str) -> ModelConfig:
 
 def narrow(config: ModelConfig, factor: float) -> ModelConfig:
     """The same family with every width field scaled by `factor` (rounded, at least 2)."""
-    if factor <= 0:
-        raise ConfigError(f"width factor must be > 0, got {factor}")
+    check_width(factor)
     scaled = {name: max(2, round(getattr(config, name) * factor)) for name in config.WIDTH_FIELDS}
     return dataclasses.replace(config, **scaled)
+
+
+def check_width(factor: float) -> None:
+    """A student's width factor (narrow's `factor`, `--width`): > 0."""
+    check_range("width", factor, "> 0")

@@ -66,6 +66,7 @@ class SynthConfig:
             "heldout": self.heldout >= 0,
             "classes": self.classes >= 2,
             "shards": self.shards >= 1,
+            "seed": self.seed >= 0,
             "min_frames": _MIN_CONTENT <= self.min_frames <= self.max_frames,
             "max_frames": self.max_frames <= MAX_FRAMES,
             "max_labels": 1 <= self.max_labels <= self.classes,
@@ -76,7 +77,7 @@ class SynthConfig:
             if not ok:
                 raise ConfigError(
                     f"synthetic data option {name}={getattr(self, name)!r} is out of range "
-                    f"(videos >= 1, classes >= 2, shards >= 1, {_MIN_CONTENT} <= min_frames <= max_frames "
+                    f"(videos >= 1, classes >= 2, shards >= 1, seed >= 0, {_MIN_CONTENT} <= min_frames <= max_frames "
                     f"<= {MAX_FRAMES}, 1 <= max_labels <= classes, fractions in [0, 1])"
                 )
 

@@ -3,7 +3,7 @@ official video-level CSV for another set of records. A floor for GAP, and a chec
 
 from __future__ import annotations
 
-from vidistill.commands.options import add_skip_bad_records, bad_records_for, report_bad_records
+from vidistill.commands.options import add_skip_bad_records, bad_records_for, number, report_bad_records
 
 HELP = "linear-probe baseline: fit on --train, write predictions CSV for --data"
 
@@ -12,9 +12,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train", required=True, help="labeled records to fit on (glob; frame or video level)")
     parser.add_argument("--data", required=True, help="records to predict (glob)")
     parser.add_argument("--out", required=True, help="predictions CSV (VideoId,LabelConfidencePairs)")
-    parser.add_argument("--num-classes", type=int, default=3862)
+    parser.add_argument("--num-classes", type=number(">= 1"), default=3862)
     add_skip_bad_records(parser)
-    parser.add_argument("--l2", type=float, default=0.5, help="ridge penalty per training video (default 0.5)")
+    parser.add_argument(
+        "--l2", type=number("> 0", float), default=0.5, help="ridge penalty per training video (default 0.5)"
+    )
 
 
 def run(args) -> int:

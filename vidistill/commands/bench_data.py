@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import os
 
+from vidistill.commands.options import number
+
 HELP = "benchmark synthetic generation and the frame-level reader"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="directory for the generated data")
     parser.add_argument("--videos", type=int, default=2000, help="full-length (300-frame) videos to generate")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=30, help="k of the stage that decodes only a student's frames")
-    parser.add_argument("--workers", type=int, default=None, help="synthetic-data processes (default: cores)")
+    parser.add_argument("--batch-size", type=number(">= 1"), default=64)
+    parser.add_argument(
+        "--frames", type=number(">= 1"), default=30, help="k of the stage that decodes only a student's frames"
+    )
+    parser.add_argument(
+        "--workers", type=number(">= 1"), default=None, help="synthetic-data processes (default: cores)"
+    )
 
 
 def run(args) -> int:

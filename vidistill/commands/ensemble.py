@@ -4,6 +4,7 @@ held-out data (the best GAP on a grid over the simplex)."""
 
 from __future__ import annotations
 
+from vidistill.commands.options import number
 from vidistill.yt8m.errors import ConfigError
 
 HELP = "combine trained runs into one ensemble model (weights given, equal, or fitted on held-out data)"
@@ -27,7 +28,7 @@ def add_arguments(parser) -> None:
         "concatenated, each weighted by --rep-weights)",
     )
     parser.add_argument("--rep-weights", help="with --representation all: comma-separated L_REP weights")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=number(">= 1"), default=64, help="with --fit-weights (default 64)")
 
 
 def _floats(text: str | None, option: str) -> list[float]:

@@ -10,6 +10,8 @@ each k. Resumable: cells already in OUT/results.json are not trained again."""
 
 from __future__ import annotations
 
+from vidistill.commands.options import number
+
 HELP = "the paper's Table 1 (about an hour on 2 cores), the segment task, ensembles or any-k students on synthetic data"
 
 
@@ -19,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="a miniature that runs in a few minutes")
     parser.add_argument(
         "--seed",
-        type=int,
+        type=number(">= 0"),
         default=0,
         help="seed of the synthetic data and the training (another seed: the spread; anyk: the data's, its cells are "
         "each trained at seeds 0 and 1)",

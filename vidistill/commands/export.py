@@ -4,7 +4,7 @@ card (DIR/<precision>.json). Exits 1 when a variant is past its tolerance."""
 
 from __future__ import annotations
 
-from vidistill.commands.options import add_skip_bad_records, bad_records_for, report_bad_records
+from vidistill.commands.options import add_skip_bad_records, bad_records_for, flags_named, report_bad_records
 
 HELP = "ONNX (fp32, fp16, bf16, int8) and TF SavedModel variants, each with parity, accuracy and a model card"
 
@@ -62,18 +62,20 @@ def run(args) -> int:
     from vidistill.export.exporter import export, summary_rows
     from vidistill.sources import export_source
 
-    config = ExportConfig(
-        precisions=[p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None,
-        target=args.target,
-        eval_data=args.eval_data,
-        eval_videos=args.eval_videos,
-        calibration_data=args.calibration_data,
-        calibration_batches=args.calibration_batches,
-        batch_size=args.batch_size,
-        qat_steps=args.qat_steps,
-        reduce_range=not args.full_int8_range,
-        fuse=not args.unfused,
-    )
+    numbers = ("eval_videos", "calibration_batches", "batch_size", "qat_steps")  # ExportConfig checks them
+    with flags_named(args, {name: name for name in numbers}):
+        config = ExportConfig(
+            precisions=[p.strip() for p in args.precision.split(",") if p.strip()] if args.precision else None,
+            target=args.target,
+            eval_data=args.eval_data,
+            eval_videos=args.eval_videos,
+            calibration_data=args.calibration_data,
+            calibration_batches=args.calibration_batches,
+            batch_size=args.batch_size,
+            qat_steps=args.qat_steps,
+            reduce_range=not args.full_int8_range,
+            fuse=not args.unfused,
+        )
     source = export_source(args.model, args.which)
     bad_records = bad_records_for(args)
     cards = export(source, args.out, config, bad_records=bad_records)

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from vidistill.commands.options import add_skip_bad_records
-
 import os
+
+from vidistill.commands.options import add_skip_bad_records, flags_named
 
 HELP = "fine-tune a converted student (optionally still distilling from a teacher run)"
 
@@ -22,19 +22,25 @@ def add_arguments(parser) -> None:
     add_skip_bad_records(parser)
 
 
+# TrainConfig's option -> the flag's argparse destination
+FLAGS = {"steps": "steps", "data.batch_size": "batch_size", "optimizer.learning_rate": "learning_rate"}
+
+
 def run(args) -> int:
     from vidistill.distill.finetune import finetune
 
-    out = finetune(
-        args.student_dir,
-        args.data,
-        args.out,
-        eval_data=args.eval_data,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        teacher_run=args.teacher_run,
-        skip_bad_records=args.skip_bad_records,
-    )
+    # the fine-tuning run's TrainConfig checks the numbers before anything is written; said with the flags
+    with flags_named(args, FLAGS):
+        out = finetune(
+            args.student_dir,
+            args.data,
+            args.out,
+            eval_data=args.eval_data,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            teacher_run=args.teacher_run,
+            skip_bad_records=args.skip_bad_records,
+        )
     print(f"fine-tuned student written to {out} (run: {os.path.join(out, 'run')})")
     return 0

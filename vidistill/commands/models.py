@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+
+from vidistill.commands.options import flags_named
 from vidistill.yt8m.errors import ConfigError
 
 HELP = "parameter counts and FLOPs of presets, configs, and teacher-vs-student pairs"
@@ -40,16 +42,22 @@ def describe(config) -> dict:
 
 
 def _with_classes(config, num_classes):
-    return dataclasses.replace(config, num_classes=num_classes) if num_classes else config
+    return config if num_classes is None else dataclasses.replace(config, num_classes=num_classes)
 
 
 def run(args) -> int:
+    from vidistill.teachers.config import check_width
+
+    with flags_named(args, {"width": "width", "num_classes": "num_classes"}):  # said with the flags
+        check_width(args.width)  # narrow's rule, also when no student is built
+        return _pair(args) if args.teacher else _presets(args)
+
+
+def _presets(args) -> int:
     from tabulate import tabulate
 
     from vidistill.teachers.presets import PRESETS, resolve
 
-    if args.teacher:
-        return _pair(args)
     names = [args.preset] if args.preset else list(PRESETS)
     rows = {name: describe(_with_classes(resolve(name), args.num_classes)) for name in names}
     if args.json:

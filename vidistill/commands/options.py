@@ -2,9 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from vidistill.yt8m.errors import ConfigError
+
+
+def flag(dest: str) -> str:
+    """The flag of an argparse destination: batch_size -> --batch-size."""
+    return "--" + dest.replace("_", "-")
+
+
+def number(rule: str, kind=int):
+    """argparse type of a numeric flag no configuration holds (eval's --batch-size, synth's --workers): a `kind`
+    under `rule` (teachers.config.range_problem: ">= 0", ">= 1", "> 0"); argparse shows what is wrong. A flag
+    that sets a configuration's option keeps type=int / float: the configuration checks it (flags_named)."""
+    import argparse
+
+    from vidistill.teachers.config import range_problem
+
+    def parse(text: str):
+        value = kind(text)  # a ValueError: argparse's "invalid int value: 'ten'"
+        problem = range_problem(value, rule)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+@contextlib.contextmanager
+def flags_named(args, options: dict[str, str]):
+    """Inside, an option out of its range (teachers.config.check_range) that a flag set is said with that flag:
+    `options` maps the option ("data.batch_size") to the flag's argparse destination ("batch_size"), and the
+    message becomes "--batch-size (data.batch_size) must be >= 1, got 0" ("--steps must be ..." where the two
+    are the same words). A flag not given (None) leaves the message as it is: the value came from elsewhere."""
+    from vidistill.teachers.config import OutOfRange
+
+    try:
+        yield
+    except OutOfRange as e:
+        dest = options.get(e.option)
+        if dest is None or getattr(args, dest, None) is None:
+            raise
+        named = flag(dest) if dest == e.option else f"{flag(dest)} ({e.option})"
+        raise ConfigError(f"{named} {e.problem}") from None
 
 
 def add_skip_bad_records(parser) -> None:

@@ -10,6 +10,7 @@ from vidistill.commands.options import (
     add_shift,
     add_skip_bad_records,
     bad_records_for,
+    number,
     one_k,
     report_bad_records,
     shifts_for,
@@ -26,7 +27,7 @@ def add_arguments(parser) -> None:
     add_shift(parser)
     parser.add_argument("--which", choices=["auto", "student", "teacher"], default="auto")
     add_frames(parser, several=False)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=number(">= 1"), default=64)
     add_skip_bad_records(parser)
 
 

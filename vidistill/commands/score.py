@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from vidistill.commands.options import number
+
 HELP = "score a predictions CSV against labeled records"
 
 
@@ -12,7 +14,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--predictions", required=True, help="predictions CSV")
     parser.add_argument("--data", required=True, help="labeled records (glob)")
     parser.add_argument("--segments", action="store_true", help="segment CSV against segment-rated records")
-    parser.add_argument("--num-classes", type=int, default=3862)
+    parser.add_argument("--num-classes", type=number(">= 1"), default=3862)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from vidistill.commands.options import number
+
 HELP = "write synthetic frame-level data (train + held-out split)"
 
 
@@ -18,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shards", type=int, default=4, help="training shards (held-out: shards/4, at least 1)")
     parser.add_argument("--min-frames", type=int, default=60)
     parser.add_argument("--max-frames", type=int, default=300)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    parser.add_argument("--workers", type=number(">= 1"), default=None, help="processes (default: one per core)")
     parser.add_argument("--overwrite", action="store_true", help="replace data already in --out")
 
 

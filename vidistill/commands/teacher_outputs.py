@@ -3,6 +3,8 @@ students then read instead of running it (`vidistill train --teacher-outputs DIR
 
 from __future__ import annotations
 
+from vidistill.commands.options import number
+
 HELP = "write a teacher's (or an ensemble's) outputs for every video, for serial training without the teacher"
 
 
@@ -17,7 +19,7 @@ def add_arguments(parser) -> None:
         help="stored value type: float16 (default; half the size, 2^-11 relative rounding) or float32 (exact)",
     )
     parser.add_argument("--which", choices=["teacher", "student", "auto"], default="teacher")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=number(">= 1"), default=64)
     parser.add_argument("--overwrite", action="store_true", help="replace outputs of another teacher in --out")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vidistill.commands.options import add_skip_bad_records, frame_counts
+from vidistill.commands.options import add_skip_bad_records, flags_named, frame_counts
 from vidistill.yt8m.errors import ConfigError
 
 HELP = "train teacher-student pairs (parallel, serial) or either alone"
@@ -62,6 +62,17 @@ def add_arguments(parser) -> None:
     add_skip_bad_records(parser)
 
 
+# option (TrainConfig's, or the student's width / the models' classes) -> the numeric flag's argparse destination
+FLAGS = {
+    "steps": "steps",
+    "checkpoint_every": "checkpoint_every",
+    "eval_every": "eval_every",
+    "data.batch_size": "batch_size",
+    "width": "width",
+    "num_classes": "num_classes",
+}
+
+
 def resolve_config(args):
     """The TrainConfig of the config file (or defaults) with the flags applied."""
     from vidistill.distill.config import TrainConfig, load_train_config
@@ -78,7 +89,7 @@ def resolve_config(args):
         config = load_train_config(args.config) if args.config else TrainConfig()
     if args.segments:
         config.data.segments = True
-    student_flags = args.student or args.frames or args.selection or args.width
+    student_flags = args.student or args.frames or args.selection or args.width is not None
     if args.init:
         config.init = args.init
         init = init_run_config(args.init)
@@ -96,7 +107,7 @@ def resolve_config(args):
     for flag, field in (("steps", "steps"), ("checkpoint_every", "checkpoint_every"), ("eval_every", "eval_every")):
         if getattr(args, flag) is not None:
             setattr(config, field, getattr(args, flag))
-    if args.batch_size:
+    if args.batch_size is not None:
         config.data.batch_size = args.batch_size
     if args.teacher_outputs:
         from vidistill.yt8m.teacher_outputs import TeacherOutputs
@@ -111,12 +122,13 @@ def resolve_config(args):
             config.teacher = None
             shapes = member_shapes(ensemble_config(args.teacher_run))
             config.data.max_frames = max(frames for frames, _ in shapes)
-            args.num_classes = args.num_classes or shapes[0][1]
+            if args.num_classes is None:
+                args.num_classes = shapes[0][1]
         else:
             config.teacher = load_train_config(args.teacher_run).teacher
     if args.teacher:
         config.teacher = resolve(args.teacher)
-    if args.num_classes and config.teacher:
+    if args.num_classes is not None and config.teacher:
         config.teacher = dataclasses.replace(config.teacher, num_classes=args.num_classes)
     if config.teacher and not config.data.segments:  # a segments run reads whole videos whatever its models take
         config.data.max_frames = config.teacher.frames
@@ -129,7 +141,8 @@ def resolve_config(args):
             raise ConfigError("pass --frames K (or a set K1,K2,...): the number of frames the student sees")
         policy = args.selection or (config.student.policy if config.student else "uniform")
         classes = config.teacher.num_classes if config.teacher else args.num_classes
-        config.student = student_config(base, k=k, policy=policy, width=args.width or 1.0, num_classes=classes)
+        width = 1.0 if args.width is None else args.width
+        config.student = student_config(base, k=k, policy=policy, width=width, num_classes=classes)
     if config.data.segments:
         segment_train_config(config)  # the models built for one 5-frame segment (distill/segments.py)
     return config
@@ -147,7 +160,7 @@ def _models_of_init(config, init, mode, args) -> None:
     config.mode = mode
     config.teacher = init.teacher if mode.has_teacher and not mode.restores_teacher else None  # serial: --teacher-run
     config.student = init.student if mode.has_student else None
-    if args.num_classes:  # checked against init's below: a class count init's weights do not fit is refused
+    if args.num_classes is not None:  # checked against init's below: a class count init's weights do not fit is refused
         if config.teacher is not None:
             config.teacher = dataclasses.replace(config.teacher, num_classes=args.num_classes)
         if config.student is not None:
@@ -160,8 +173,9 @@ def _models_of_init(config, init, mode, args) -> None:
 def run(args) -> int:
     from vidistill.distill.trainer import Run
 
-    config = resolve_config(args)
-    run = Run(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    with flags_named(args, FLAGS):  # each numeric flag checked where its option is, and named as typed
+        config = resolve_config(args)
+        run = Run(config, args.out, resume=args.resume, overwrite=args.overwrite)  # validates before it writes
     print(f"strategy: {type(run.strategy).__name__}, {run.strategy.num_replicas_in_sync} replica(s) in sync")
     summary = run.train()
     print(f"trained to step {summary['step']}; run directory {args.out}")
