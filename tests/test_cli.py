@@ -446,6 +446,15 @@ def test_an_interrupted_command_exits_130_with_one_line(monkeypatch, capsys):
     assert err == "vidistill models: interrupted\n"
 
 
+# `python -m vidistill.cli` with Ctrl-C raising KeyboardInterrupt, as in a terminal, even where the tests run as a
+# background job of a non-interactive shell: its children start with SIGINT ignored, and so would the child's Python
+AS_IF_FROM_A_TERMINAL = (
+    "import runpy, signal\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "runpy.run_module('vidistill.cli', run_name='__main__', alter_sys=True)\n"
+)
+
+
 @pytest.mark.slow  # a child process trains a tiny teacher until interrupted, then the run is resumed
 def test_sigint_stops_training_with_130_and_the_run_resumes_from_its_last_checkpoint(
     synth_data, tiny_teacher, tmp_path
@@ -466,13 +475,13 @@ def test_sigint_stops_training_with_130_and_the_run_resumes_from_its_last_checkp
     save_config(tiny_teacher, str(teacher))
     argv = ["--out", run, "--mode", "teacher", "--teacher", teacher, "--data", data.train, "--batch-size", 8]
     argv += ["--checkpoint-every", 2, "--eval-every", 0]
-    log_out, log_err = (open(tmp_path / name, "w+") for name in ("stdout", "stderr"))
-    child = subprocess.Popen(
-        [sys.executable, "-m", "vidistill.cli", "train", *map(str, argv), "--steps", "1000000"],
-        stdout=log_out,
-        stderr=log_err,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
-    )
+    with open(tmp_path / "stdout", "w") as log_out, open(tmp_path / "stderr", "w") as log_err:  # no pipe to fill
+        child = subprocess.Popen(
+            [sys.executable, "-c", AS_IF_FROM_A_TERMINAL, "train", *map(str, argv), "--steps", "1000000"],
+            stdout=log_out,
+            stderr=log_err,
+            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+        )
     try:
         deadline = time.monotonic() + 900  # generous: first checkpoint after 2 steps, seconds on an idle machine
         while tf.train.latest_checkpoint(str(run / "checkpoints")) is None:
@@ -485,8 +494,7 @@ def test_sigint_stops_training_with_130_and_the_run_resumes_from_its_last_checkp
         if child.poll() is None:
             child.kill()
             child.wait()
-    log_err.seek(0)
-    err = log_err.read()
+    err = (tmp_path / "stderr").read_text()
     assert code == 130, err[-3000:]
     assert "vidistill train: interrupted\n" in err and "Traceback" not in err, err[-3000:]
     last = tf.train.latest_checkpoint(str(run / "checkpoints"))
