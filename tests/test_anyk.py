@@ -381,7 +381,8 @@ def _main(*argv) -> None:
 @pytest.mark.slow
 def test_train_convert_export_predict_and_bench_at_run_time_k(tmp_path, synth_data, tiny_teacher, capsys):
     """The CLI end to end: a parallel any-k run at {3, 6}, eval at each k, convert (one SavedModel signature per k),
-    export checked per k, the Predictor and bench choosing k, predict --frames."""
+    export checked per k (int8-qat refused), the Predictor and bench choosing k, predict --frames 3 writing the
+    student's k=3 probabilities and refusing k=4."""
     from vidistill.export.predictor import Predictor
     from vidistill.teachers.config import save_config
 
@@ -448,9 +449,38 @@ def test_train_convert_export_predict_and_bench_at_run_time_k(tmp_path, synth_da
     with pytest.raises(ConfigError, match=r"trained at k = 3, 6; k=4 is not one of them"):
         Predictor(str(export / "fp32.onnx"), k=4)
 
+    qat = tmp_path / "qat"  # int8-qat fine-tunes at one k: refused in one line, nothing written for it
+    argv = ["export", student, "--out", qat, "--precision", "int8-qat", "--calibration-data", data.train]
+    assert main([str(a) for a in [*argv, "--eval-data", data.heldout]]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vidistill export:")]
+    assert said == [
+        "vidistill export: error: int8-qat fine-tunes at one k, and this any-k student runs at several: export it "
+        "as int8-dynamic or int8-static (checked at each of its k's)"
+    ]
+    assert sorted(os.listdir(qat)) == ["export.yaml", "fp32.json", "fp32.onnx"]
+
+    from vidistill.yt8m.constants import MAX_FRAMES
+    from vidistill.yt8m.readers import read_frame_dataset
+    from vidistill.yt8m.submission import read_video_predictions
+
     csv = tmp_path / "k3.csv"
     _main("predict", student, "--data", data.heldout, "--frames", 3, "--out", csv)
-    assert os.path.getsize(csv) > 0
+    ids, scores = read_video_predictions(str(csv), num_classes=4)  # top 20 of 4 classes: every score listed
+    batches = read_frame_dataset(data.heldout, num_classes=4, max_frames=MAX_FRAMES, batch_size=64, deterministic=True)
+    videos = next(batches.as_numpy_iterator())  # whole videos: the student at k selects its frames itself
+    assert ids == [i.decode() for i in videos["id"]] and len(ids) == 8
+    whole = {"frames": videos["frames"], "num_frames": videos["num_frames"]}
+    at = {k: student_at(keras_student, config, k)(whole)["predictions"].numpy() for k in (3, 6)}
+    np.testing.assert_allclose(scores, at[3], rtol=1e-5)  # the CSV's %g: 6 significant digits
+    assert np.abs(scores - at[6]).max() > 1e-4  # not the default k's (2.5e-3 apart after these 4 steps)
+    capsys.readouterr()
+    refused = tmp_path / "k4.csv"  # a k it was not trained at: refused in one line, no CSV
+    assert main(["predict", str(student), "--data", data.heldout, "--frames", "4", "--out", str(refused)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "vidistill predict: error: this student was trained at k = 3, 6; k=4 is not one of them: choose one of "
+        "those (or train an any-k student with that k in its --frames set)"
+    ]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("k4")]
 
     report = tmp_path / "bench"
     files = [export / "fp32.onnx", export / "int8-dynamic.onnx"]
